@@ -1,0 +1,116 @@
+"""Layers 3 and 5: count what a plan matches, or apply it in one transaction.
+
+Statements are built once here and run by a sync or an async connection alike, so
+the two paths cannot drift apart. The executor re-checks the verdict it is handed:
+no code path reaches a DELETE without one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Delete, Select, delete, func, literal, select
+from sqlalchemy.engine import Connection, Engine
+
+from .guard import Level, Verdict
+from .plan import Plan
+
+#: execution option that marks the plugin's own statements (they are guarded already)
+EXECUTOR_OPTION = "safe_cleanup_executor"
+
+
+class ExecutionError(RuntimeError):
+    """Apply was stopped; the transaction was rolled back and nothing was deleted."""
+
+
+class LimitExceeded(ExecutionError):
+    """The plan matches more rows than ``max_rows`` allows."""
+
+
+class CountMismatch(ExecutionError):
+    """Deleted rows differ from counted rows: something else changed the data."""
+
+
+@dataclass(frozen=True)
+class TableCount:
+    """Counted rows of one table, and deleted rows where the plan was applied."""
+
+    table: str
+    counted: int
+    deleted: int | None = None
+
+
+def count_statement(plan: Plan) -> Select[tuple[int, ...]]:
+    """One SELECT of scalar sub-counts: every table counted in one round-trip."""
+    subqueries = [
+        select(func.count())
+        .select_from(step.selectable)
+        .where(step.condition)
+        .scalar_subquery()
+        .label(f"c{i}")
+        for i, step in enumerate(plan.steps)
+    ]
+    return select(*subqueries) if subqueries else select(literal(0))
+
+
+def delete_statements(plan: Plan) -> list[tuple[str, Delete]]:
+    """DELETE statements in plan order (children first)."""
+    return [(step.name, delete(step.selectable).where(step.condition)) for step in plan.steps]
+
+
+def _require(verdict: Verdict) -> None:
+    if verdict.level is Level.BLOCK:
+        raise ExecutionError(f"refused: {verdict.explain()}")
+
+
+def count(conn: Connection, plan: Plan) -> list[TableCount]:
+    """Count what each step matches, in one round-trip, without changing anything."""
+    if not plan:
+        return []
+    row = conn.execute(count_statement(plan)).one()
+    return [TableCount(step.name, int(n)) for step, n in zip(plan.steps, row, strict=True)]
+
+
+BackupHook = Callable[[Connection, Plan, list[TableCount]], str | None]
+
+
+def apply(
+    engine: Engine,
+    plan: Plan,
+    *,
+    verdict: Verdict,
+    max_rows: int,
+    backup: BackupHook | None,
+) -> tuple[list[TableCount], str | None]:
+    """Count, check the limit, back up, delete and verify, all in one transaction.
+
+    Any failure rolls the whole transaction back; the caller reports the reason.
+    Returns per-table counts with deleted rows, and the backup's location.
+    """
+    _require(verdict)
+    if not plan:
+        return [], None
+    with engine.connect() as raw:
+        conn = raw.execution_options(**{EXECUTOR_OPTION: True})
+        with conn.begin():
+            counts = count(conn, plan)
+            total = sum(c.counted for c in counts)
+            if total > max_rows:
+                raise LimitExceeded(
+                    f"cleanup matches {total} rows, more than max_rows={max_rows}: "
+                    "nothing was deleted; narrow the registration or raise "
+                    "@pytest.mark.safe_cleanup(max_rows=...) / ini safe_cleanup_max_rows"
+                )
+            location = backup(conn, plan, counts) if backup is not None else None
+            done: list[TableCount] = []
+            for (name, statement), counted in zip(delete_statements(plan), counts, strict=True):
+                deleted = conn.execute(statement).rowcount
+                if deleted != counted.counted:
+                    raise CountMismatch(
+                        f"{name}: counted {counted.counted} rows but the delete removed "
+                        f"{deleted}; rolled back, nothing was deleted (a concurrent writer, "
+                        "a trigger, or a condition that depends on rows deleted earlier)"
+                    )
+                done.append(TableCount(name, counted.counted, deleted))
+    return done, location

@@ -1,0 +1,112 @@
+"""Layer 2: explicit intent before cleaning a target the guard asks about.
+
+A person at a terminal types the database's name, once per session and target; a
+run without a person (CI, an xdist worker, no TTY) proceeds only for tests whose
+marker names that database. Nothing here imports pytest: the plugin passes in
+what it saw (TTYs, markers) and a prompt function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .guard import Level, Verdict
+from .target import Target
+
+
+class IntentError(ValueError):
+    """A marker's ``confirm=`` value that cannot express intent."""
+
+
+def is_interactive(
+    stdin_tty: bool, stdout_tty: bool, environ: Mapping[str, str], is_worker: bool
+) -> bool:
+    """A person can answer: both ends are TTYs, ``CI`` is unset, not an xdist worker."""
+    return stdin_tty and stdout_tty and not environ.get("CI") and not is_worker
+
+
+def confirm_names(value: Any) -> frozenset[str]:
+    """Database names from a marker's ``confirm=`` (a name or a list of names)."""
+    if value is None:
+        return frozenset()
+    if value is True or value is False:
+        raise IntentError(
+            f"confirm={value!r} is not accepted: name the database you mean, "
+            'e.g. @pytest.mark.safe_cleanup(confirm="app_test")'
+        )
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple | set | frozenset):
+        raise IntentError(f"confirm={value!r}: give a database name or a list of names")
+    names = set()
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise IntentError(f"confirm={value!r}: every entry must be a non-empty database name")
+        names.add(item.strip())
+    return frozenset(names)
+
+
+def marker_hint(target: Target) -> str:
+    """The exact marker that opts a test in for ``target``."""
+    return f'@pytest.mark.safe_cleanup(confirm="{target.name}")'
+
+
+def prompt_text(target: Target, verdict: Verdict) -> str:
+    """What the person is shown before typing the database name."""
+    lines = [
+        "",
+        f"safe-cleanup: about to delete test data in {target.masked_url}",
+        *(f"  - {r.text}" for r in verdict.deciding),
+        f"Type the database name ({target.name}) to allow cleanup for this session, "
+        "anything else to keep this target dry: ",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether the cleanup may delete, and why (or why not) in one line."""
+
+    proceed: bool
+    status: str  # "deleted" when it may proceed, "dry" (declined prompt) or "held"
+    reason: str = ""
+
+
+@dataclass
+class IntentBook:
+    """Answers already given this session, one per target: the prompt never repeats."""
+
+    answers: dict[str, bool] = field(default_factory=dict)
+
+    def decide(
+        self,
+        target: Target,
+        verdict: Verdict,
+        *,
+        interactive: bool,
+        confirms: Iterable[str],
+        prompt: Callable[[str], str] | None,
+    ) -> Decision:
+        """Decide for one cleanup on ``target`` in apply mode."""
+        if verdict.level is Level.BLOCK:
+            return Decision(False, "refused", f"refused: {verdict.explain()}")
+        if verdict.level is Level.ALLOW:
+            return Decision(True, "deleted")
+        if target.name in set(confirms):
+            return Decision(True, "deleted", f"confirmed by marker for {target.name!r}")
+        if interactive and prompt is not None:
+            if target.key not in self.answers:
+                answer = prompt(prompt_text(target, verdict))
+                self.answers[target.key] = answer.strip() == target.name
+            if self.answers[target.key]:
+                return Decision(True, "deleted", f"confirmed at the prompt for {target.name!r}")
+            return Decision(
+                False, "dry", f"not confirmed at the prompt: {target.name!r} stays dry this session"
+            )
+        return Decision(
+            False,
+            "held",
+            f"{verdict.explain()}: cleanup needs explicit intent in a non-interactive run; "
+            f"nothing was deleted. Add {marker_hint(target)} to the test, class or module",
+        )

@@ -1,0 +1,345 @@
+"""Registrations -> an ordered, de-duplicated deletion plan.
+
+Tests say *what* to remove (a table and a condition); the plan decides *how*: one
+step per table, conditions of the same table OR-ed so a row reached twice is counted
+and deleted once, steps ordered children before parents from the foreign keys.
+Nothing here formats SQL by hand: every name is quoted by SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from graphlib import CycleError, TopologicalSorter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Column, MetaData, Table, TableClause, and_, column, inspect, or_, true
+from sqlalchemy import table as table_clause
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.sql.elements import ColumnElement, TextClause, True_
+from sqlalchemy.sql.visitors import replacement_traverse
+
+from .stamp import STAMP_TABLE
+
+
+class RegistrationError(ValueError):
+    """A cleanup registration that cannot be planned safely."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One ``delete()`` call: a table, a condition, and who asked for it."""
+
+    table: Table
+    condition: ColumnElement[bool]
+    all_rows: bool = False
+    cascade: bool = False
+    nodeid: str = ""
+    confirms: frozenset[str] = frozenset()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Step:
+    """All rows of one table that the plan removes."""
+
+    table: Table
+    condition: ColumnElement[bool]
+    selectable: TableClause  # what statements are built on: the Table, or a shared clause
+
+    @property
+    def name(self) -> str:
+        """The table's name as reported (schema-qualified where it has a schema)."""
+        return self.table.fullname
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Steps in deletion order: every child table before the tables it references."""
+
+    steps: tuple[Step, ...]
+    registrations: tuple[Registration, ...] = field(default=())
+
+    @property
+    def tables(self) -> list[str]:
+        """Table names in deletion order."""
+        return [s.name for s in self.steps]
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+
+def _table_of(target: Any) -> Table | None:
+    if isinstance(target, Table):
+        return target
+    table = getattr(target, "__table__", None)
+    if isinstance(table, Table):
+        return table
+    try:
+        mapper = inspect(target, raiseerr=False)
+    except Exception:  # noqa: BLE001 - any non-inspectable object is simply not a table
+        return None
+    local = getattr(mapper, "local_table", None)
+    return local if isinstance(local, Table) else None
+
+
+class TableResolver:
+    """Resolves table names by reflection, once per engine and name."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.metadata = MetaData()
+
+    def resolve(self, target: Any, conn: Connection | None = None) -> Table:
+        """A Table from a Table, an ORM class or a (``schema.``)table name."""
+        table = _table_of(target)
+        if table is not None:
+            return table
+        if not isinstance(target, str) or not target.strip():
+            raise RegistrationError(
+                f"cannot delete from {target!r}: pass a SQLAlchemy Table, an ORM class or a table name"
+            )
+        schema, _, name = target.strip().rpartition(".")
+        key = f"{schema}.{name}" if schema else name
+        if key in self.metadata.tables:
+            return self.metadata.tables[key]
+        try:
+            if conn is not None:
+                return Table(name, self.metadata, schema=schema or None, autoload_with=conn)
+            with self.engine.connect() as own:
+                return Table(name, self.metadata, schema=schema or None, autoload_with=own)
+        except NoSuchTableError:
+            raise RegistrationError(
+                f"table {target!r} does not exist in {self.engine.url.render_as_string(hide_password=True)}: "
+                "check the name (and schema) or create the table before registering its cleanup"
+            ) from None
+
+
+def build_condition(
+    table: Table, where: Sequence[Any], equals: Mapping[str, Any], all_rows: bool
+) -> ColumnElement[bool]:
+    """AND of the ``where`` expressions and ``column == value`` pairs.
+
+    A list, tuple or set value means IN. A registration with no condition would wipe
+    the table, so it is refused unless ``all_rows=True`` says that is meant.
+    """
+    clauses: list[ColumnElement[bool]] = []
+    for expr in where:
+        if isinstance(expr, str):
+            raise RegistrationError(
+                f"condition {expr!r} is a plain string: use a SQLAlchemy expression "
+                "(table.c.email == 'x'), keyword equals (email='x') or sqlalchemy.text()"
+            )
+        if isinstance(expr, bool) or not isinstance(expr, ColumnElement | TextClause):
+            raise RegistrationError(
+                f"condition {expr!r} is not a SQLAlchemy expression: use table.c.col == value"
+            )
+        clauses.append(expr)  # type: ignore[arg-type]
+    for key, value in equals.items():
+        if key not in table.c:
+            columns = ", ".join(c.name for c in table.c)
+            raise RegistrationError(
+                f"table {table.fullname!r} has no column {key!r} (columns: {columns})"
+            )
+        column = table.c[key]
+        if isinstance(value, list | tuple | set | frozenset):
+            clauses.append(column.in_(list(value)))
+        else:
+            clauses.append(column == value if value is not None else column.is_(None))
+    if not clauses:
+        if not all_rows:
+            raise RegistrationError(
+                f"refusing to register a cleanup of every row of {table.fullname!r}: add a condition "
+                "(delete(table, table.c.id == 1) or delete(table, email='x')) or pass all_rows=True"
+            )
+        return true()
+    if all_rows:
+        raise RegistrationError("all_rows=True takes no condition: drop the condition or all_rows")
+    return clauses[0] if len(clauses) == 1 else and_(*clauses)
+
+
+def check_table_allowed(table: Table) -> None:
+    """The stamp table is the database's identity; cleanup never touches it."""
+    if table.name == STAMP_TABLE:
+        raise RegistrationError(f"{STAMP_TABLE} holds the database's stamp and is never cleaned")
+
+
+def _shared_clause(tables: Sequence[Table]) -> TableClause:
+    """One lightweight table with every column any of the same-named Tables maps.
+
+    Registrations may name one database table through several Table objects (an ORM
+    model and a reflected table); their conditions must meet in one statement.
+    """
+    first = tables[0]
+    columns: dict[str, Any] = {}
+    for table in tables:
+        for col in table.c:
+            columns.setdefault(col.name, col.type)
+    return table_clause(
+        first.name, *(column(n, t) for n, t in columns.items()), schema=first.schema
+    )
+
+
+def _adapt(condition: ColumnElement[bool], shared: TableClause) -> ColumnElement[bool]:
+    """Rewrite columns of any same-named Table onto the shared clause."""
+
+    def replace(element: Any, **_: Any) -> Any:
+        if (
+            isinstance(element, Column)
+            and isinstance(element.table, Table)
+            and element.table.name == shared.name
+            and element.table.schema == shared.schema
+        ):
+            return shared.c[element.name]
+        return None
+
+    return replacement_traverse(condition, {}, replace)  # type: ignore[no-any-return]
+
+
+def _parents(table: Table) -> set[str]:
+    names: set[str] = set()
+    for fk in table.foreign_keys:
+        target = fk.target_fullname.rsplit(".", 1)[0]
+        names.add(target)
+    return names
+
+
+def order_children_first(tables: Iterable[Table]) -> list[Table]:
+    """Tables ordered so that every table comes before the tables it references.
+
+    A self-reference is fine (one statement removes parent and child rows together);
+    a cycle between two or more tables cannot be ordered and is refused.
+    """
+    by_name = {t.fullname: t for t in sorted(tables, key=lambda t: t.fullname)}
+    # graphlib emits a node after its predecessors: a parent's predecessors are its children.
+    graph: dict[str, set[str]] = {name: set() for name in by_name}
+    for name, table in by_name.items():
+        for parent in (_parents(table) & by_name.keys()) - {name}:
+            graph[parent].add(name)
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        cycle = " -> ".join(dict.fromkeys(exc.args[1]))
+        raise RegistrationError(
+            f"tables {cycle} reference each other in a cycle: their deletion cannot be ordered; "
+            "set the foreign key to NULL in the test first or register one table's cleanup per test"
+        ) from None
+    return [by_name[n] for n in order]
+
+
+def build_plan(registrations: Sequence[Registration]) -> Plan:
+    """One step per table, conditions OR-ed, children before parents."""
+    tables: dict[str, list[Table]] = {}
+    for reg in registrations:
+        check_table_allowed(reg.table)
+        same = tables.setdefault(reg.table.fullname, [])
+        if not any(t is reg.table for t in same):
+            same.append(reg.table)
+    steps = []
+    for table in order_children_first(same[0] for same in tables.values()):
+        same = tables[table.fullname]
+        shared = _shared_clause(same) if len(same) > 1 else None
+        conds = [
+            r.condition if shared is None else _adapt(r.condition, shared)
+            for r in registrations
+            if r.table.fullname == table.fullname
+        ]
+        if any(isinstance(c, True_) for c in conds):
+            combined: ColumnElement[bool] = true()
+        else:
+            combined = conds[0] if len(conds) == 1 else or_(*conds)
+        steps.append(Step(table, combined, shared if shared is not None else table))
+    return Plan(tuple(steps), tuple(registrations))
+
+
+__all__ = [
+    "Plan",
+    "Registration",
+    "RegistrationBook",
+    "SafeCleanup",
+    "RegistrationError",
+    "Step",
+    "TableResolver",
+    "build_condition",
+    "build_plan",
+    "order_children_first",
+]
+
+
+class SafeCleanup:
+    """What a test registers for cleanup on one engine (the ``safe_cleanup`` fixture).
+
+    Registration checks everything it can at once (table, columns, condition) so a
+    mistake fails in the test that made it; the deletion itself waits for teardown.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        book: RegistrationBook,
+        tag: str,
+        context: Callable[[], tuple[str, frozenset[str]]],
+    ) -> None:
+        self.engine = engine
+        self._book = book
+        self._tag = tag
+        self._context = context
+
+    @property
+    def tag(self) -> str:
+        """A short token unique to this test in this run, to embed in the data it makes."""
+        return self._tag
+
+    def on(self, engine: Engine) -> SafeCleanup:
+        """The same API for another database; its cleanup runs as its own plan."""
+        return SafeCleanup(engine, book=self._book, tag=self._tag, context=self._context)
+
+    def delete(
+        self, target: Any, *where: Any, all_rows: bool = False, cascade: bool = False,
+        **equals: Any,
+    ) -> None:
+        """Register rows of ``target`` for deletion at teardown.
+
+        ``target`` is a Table, an ORM class or a table name (reflected). Conditions
+        are SQLAlchemy expressions and ``column=value`` pairs (a list means IN).
+        """
+        if cascade:
+            raise RegistrationError(
+                "cascade=True is not available in this version: register each table's rows "
+                "(children and parents) with their own delete()"
+            )
+        table = self._book.resolver(self.engine).resolve(target)
+        check_table_allowed(table)
+        condition = build_condition(table, where, equals, all_rows)
+        nodeid, confirms = self._context()
+        self._book.add(
+            self.engine,
+            Registration(table, condition, all_rows, cascade, nodeid, confirms),
+        )
+
+
+class RegistrationBook:
+    """Registrations grouped per engine, in the order engines were first used."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Engine, list[Registration]]] = {}
+        self._resolvers: dict[int, TableResolver] = {}
+
+    def resolver(self, engine: Engine) -> TableResolver:
+        """The reflection cache of one engine."""
+        key = id(engine)
+        if key not in self._resolvers:
+            self._resolvers[key] = TableResolver(engine)
+        return self._resolvers[key]
+
+    def add(self, engine: Engine, registration: Registration) -> None:
+        """Append one registration for ``engine``."""
+        self._entries.setdefault(id(engine), (engine, []))[1].append(registration)
+
+    def drain(self) -> list[tuple[Engine, list[Registration]]]:
+        """Every engine's registrations, emptied so a cleanup never runs twice."""
+        entries = [(e, regs) for e, regs in self._entries.values() if regs]
+        self._entries = {}
+        return entries

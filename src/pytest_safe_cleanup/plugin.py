@@ -1,0 +1,429 @@
+"""pytest glue: options, ini keys, the marker, fixtures and hooks.
+
+Everything that touches SQLAlchemy, files or processes lives in the modules this
+one calls; here we only translate between pytest and them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import secrets
+import sys
+from collections.abc import Generator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import intent
+from .plan import RegistrationBook, SafeCleanup
+from .providers import DisposableDatabase, ProviderUnavailable, start_disposable
+from .report import Report
+from .runner import Blocked, Conductor, Guardian, TestContext, first_line, target_info
+from .settings import BACKUPS, INI_HELP, LIST_INI, MODES, Settings, SettingsError, resolve
+from .target import Target, TargetError, parse_url
+
+# Captured before pytest's capture replaces the standard streams.
+_TTYS = (os.isatty(0), os.isatty(1))
+
+MARKER_DOC = (
+    "safe_cleanup(confirm=None, max_rows=None, mode=None, backup=None): "
+    "confirm names the database(s) a non-interactive run may clean; max_rows caps one "
+    "cleanup; mode='dry' makes this test's cleanup a dry run; backup picks the strategy."
+)
+
+
+def _marker_signature(
+    *, confirm: Any = None, max_rows: Any = None, mode: Any = None, backup: Any = None
+) -> dict[str, Any]:
+    """The marker's keyword arguments; calling it rejects anything else."""
+    return {"confirm": confirm, "max_rows": max_rows, "mode": mode, "backup": backup}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("safe-cleanup", "safe test-data cleanup")
+    group.addoption(
+        "--safe-cleanup", dest="safe_cleanup", choices=MODES, default=None,
+        help="cleanup mode: dry (default: count, delete nothing), apply, off",
+    )
+    group.addoption("--safe-cleanup-url", dest="safe_cleanup_url", default=None,
+                    help="database URL of the default safe_cleanup_engine")
+    group.addoption("--safe-cleanup-report", dest="safe_cleanup_report", default=None,
+                    metavar="PATH", help="write a JSON report of every cleanup to PATH")
+    group.addoption("--safe-cleanup-backup-dir", dest="safe_cleanup_backup_dir", default=None,
+                    metavar="DIR", help="folder for backups (default .safe-cleanup/backups)")
+    for key, text in INI_HELP.items():
+        parser.addini(key, text, type="linelist" if key in LIST_INI else "string", default=None)
+
+
+class State:
+    """Per-session objects, kept in the config's stash."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        self.is_worker = bool(worker)
+        self.run_id = settings.run_id or (
+            f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        )
+        self.tag_prefix = f"{hashlib.sha1(self.run_id.encode()).hexdigest()[:6]}-{worker or 'm'}"
+        self.tags = itertools.count(1)
+        self.guardian = Guardian(settings)
+        self.report = Report(settings.mode, self.run_id, settings.source("mode"))
+        self.interactive = intent.is_interactive(*_TTYS, os.environ, self.is_worker)
+        self.conductor = Conductor(settings, self.guardian, self.report,
+                                   interactive=self.interactive, prompt=self.prompt)
+        self.current_nodeid = ""
+        self.current_confirms: frozenset[str] = frozenset()
+        self.default_target: Target | None = None
+        self._engine: Engine | None = None
+        self.guardian.on_verdict = lambda t, v: self.report.add_target(t.key, target_info(t, v))
+        self.guardian.on_block = self._stop_session
+        self.session: pytest.Session | None = None
+
+    def _stop_session(self, blocked: Blocked) -> None:
+        if self.session is not None:
+            self.session.shouldstop = f"safe-cleanup: {blocked}"
+
+    def next_tag(self) -> str:
+        """A token unique to one test in this run, across xdist workers."""
+        return f"{self.tag_prefix}-{next(self.tags)}"
+
+    def prompt(self, text: str) -> str:
+        """Ask the person at the terminal, with pytest's capture suspended."""
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            capman.suspend_global_capture(in_=True)
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return sys.stdin.readline()
+        finally:
+            if capman is not None:
+                capman.resume_global_capture()
+
+    def default_engine(self) -> Engine:
+        """The engine of the configured URL, made once."""
+        if self._engine is None:
+            assert self.settings.url is not None  # noqa: S101 - only called when a URL is set
+            self._engine = make_engine(self.settings.url)
+        return self._engine
+
+    def dispose(self) -> None:
+        """Release the default engine and stop watching connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+        self.guardian.uninstall()
+
+
+state_key = pytest.StashKey[State]()
+report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a URL, with a one-line error for a missing driver."""
+    try:
+        return create_engine(url)
+    except ModuleNotFoundError as exc:
+        extra = "mysql" if "mysql" in url.split(":", 1)[0] else "postgres"
+        raise TargetError(
+            f"the database driver {exc.name!r} is not installed: "
+            f"pip install 'pytest-safe-cleanup[{extra}]'"
+        ) from None
+    except (SQLAlchemyError, ValueError) as exc:
+        raise TargetError(f"cannot use database URL: {first_line(exc)}") from None
+
+
+def get_settings(config: pytest.Config) -> Settings:
+    """The resolved settings of a pytest run (for conftest files that build engines)."""
+    return config.stash[state_key].settings
+
+
+def _state(config: pytest.Config) -> State:
+    return config.stash[state_key]
+
+
+def _ini(config: pytest.Config) -> dict[str, Any]:
+    return {key: config.getini(key) for key in INI_HELP}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_DOC)
+    cli = {dest: config.getoption(dest) for dest in (
+        "safe_cleanup", "safe_cleanup_url", "safe_cleanup_report", "safe_cleanup_backup_dir")}
+    try:
+        settings = resolve(cli, os.environ, _ini(config))
+    except SettingsError as exc:
+        raise pytest.UsageError(f"safe-cleanup: {exc}") from None
+    state = State(config, settings)
+    config.stash[state_key] = state
+    refusal = state.guardian.environment_blocked()
+    if refusal:
+        raise pytest.UsageError(f"safe-cleanup: {refusal}")
+    state.guardian.install()
+    if settings.url is not None:
+        _check_start_target(state, settings.url)
+    if settings.mode == "apply" and settings.backup != "none":
+        raise pytest.UsageError(
+            f"safe-cleanup: --safe-cleanup=apply needs a backup before it deletes, and the "
+            f"{settings.backup!r} backup ({settings.source('backup')}) is not available in this "
+            "version: set safe_cleanup_backup = none to apply without a backup"
+        )
+
+
+def _check_start_target(state: State, url: str) -> None:
+    """A target known at start: refuse a BLOCK before any test runs."""
+    where = state.settings.source("url")
+    try:
+        target = state.guardian.target(url)
+    except TargetError as exc:
+        raise pytest.UsageError(f"safe-cleanup: {where}: {exc}") from None
+    state.default_target = target
+    verdict = state.guardian.static_verdict(target)
+    if verdict.level.name == "BLOCK":
+        raise pytest.UsageError(
+            f"safe-cleanup: refusing {target.masked_url} ({where}): BLOCK: {verdict.explain()}"
+        )
+    try:
+        state.guardian.check(state.default_engine())
+    except Blocked as blocked:
+        raise pytest.UsageError(f"safe-cleanup: {blocked} ({where})") from None
+    except TargetError as exc:
+        raise pytest.UsageError(f"safe-cleanup: {where}: {exc}") from None
+    except SQLAlchemyError as exc:
+        # Unreachable now: the stamp is read when a test first connects instead.
+        state.report.warnings.append(
+            f"{target.masked_url} could not be reached at start ({first_line(exc)}); "
+            "its stamp is checked at first connection"
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = _state(config)
+    s = state.settings
+    target = (
+        state.default_target.masked_url
+        if state.default_target
+        else "the safe_cleanup_engine fixture (default: disposable_postgres)"
+    )
+    return [
+        f"safe-cleanup: mode={s.mode} ({s.source('mode')}), target={target} "
+        f"({s.source('url')}), run {state.run_id}"
+    ]
+
+
+def _validate_marker(item: pytest.Item) -> None:
+    for marker in item.iter_markers("safe_cleanup"):
+        if marker.args:
+            raise pytest.UsageError(
+                f"{item.nodeid}: safe_cleanup marker takes keyword arguments only: {MARKER_DOC}"
+            )
+        try:
+            values = _marker_signature(**marker.kwargs)
+        except TypeError as exc:
+            raise pytest.UsageError(
+                f"{item.nodeid}: invalid safe_cleanup marker: {exc}; accepted: {MARKER_DOC}"
+            ) from None
+        try:
+            intent.confirm_names(values["confirm"])
+        except intent.IntentError as exc:
+            raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        if values["mode"] is not None and values["mode"] not in MODES:
+            raise pytest.UsageError(
+                f"{item.nodeid}: safe_cleanup(mode={values['mode']!r}): use one of {', '.join(MODES)}"
+            )
+        if values["backup"] is not None and values["backup"] not in BACKUPS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: safe_cleanup(backup={values['backup']!r}): use one of "
+                f"{', '.join(BACKUPS)}"
+            )
+        rows = values["max_rows"]
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
+            raise pytest.UsageError(
+                f"{item.nodeid}: safe_cleanup(max_rows={rows!r}): give a whole number of rows"
+            )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        _validate_marker(item)
+
+
+def _marker_options(node: pytest.Item | None) -> tuple[frozenset[str], dict[str, Any]]:
+    """Confirm names from every level's marker; other options from the closest one."""
+    confirms: set[str] = set()
+    options: dict[str, Any] = {}
+    if node is None:
+        return frozenset(), options
+    for marker in node.iter_markers("safe_cleanup"):
+        values = _marker_signature(**marker.kwargs)
+        confirms |= intent.confirm_names(values["confirm"])
+        for key in ("max_rows", "mode", "backup"):
+            if values[key] is not None:
+                options.setdefault(key, values[key])
+    return frozenset(confirms), options
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    state = _state(item.config)
+    state.current_nodeid = item.nodeid
+    state.current_confirms = _marker_options(item)[0]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    rep = yield
+    item.stash.setdefault(report_key, {})[rep.when] = rep
+    return rep
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _state(session.config).session = session
+
+
+def _guard_engine(state: State, engine: Engine) -> None:
+    """Refuse a BLOCK target before the test touches it, and stop the session."""
+    __tracebackhide__ = True
+    try:
+        state.guardian.check(engine)
+    except Blocked as blocked:
+        pytest.fail(str(blocked), pytrace=False)
+    except SQLAlchemyError as exc:
+        pytest.fail(
+            f"safe-cleanup: cannot connect to {state.guardian.target(engine.url).masked_url}: "
+            f"{first_line(exc)}; check the URL and that the database is running",
+            pytrace=False,
+        )
+
+
+def _finish(state: State, book: RegistrationBook, node: pytest.Item | None) -> None:
+    __tracebackhide__ = True
+    reports = node.stash.get(report_key, {}) if node is not None else {}
+    failed = any(r.failed for r in reports.values())
+    _, options = _marker_options(node)
+    ctx = TestContext(
+        nodeid=node.nodeid if node is not None else "session",
+        failed=failed,
+        mode=options.get("mode"),
+        max_rows=options.get("max_rows"),
+        backup=options.get("backup"),
+    )
+    errors = state.conductor.finish(book.drain(), ctx)
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def disposable_postgres(pytestconfig: pytest.Config) -> Iterator[DisposableDatabase]:
+    """A throwaway PostgreSQL database for this session (see safe_cleanup_postgres)."""
+    state = _state(pytestconfig)
+    try:
+        database, provider, why = start_disposable(state.settings.postgres, os.environ)
+    except ProviderUnavailable as exc:
+        message = f"safe-cleanup: no disposable PostgreSQL: {exc}"
+        if os.environ.get("SAFE_CLEANUP_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{message} (SAFE_CLEANUP_REQUIRE_POSTGRES=1)", pytrace=False)
+        pytest.skip(message)
+    state.guardian.mark_disposable(database.url)
+    state.guardian.mark_disposable(database.async_url)
+    state.report.notes.append(f"disposable_postgres: {database.detail} ({why})")
+    try:
+        yield database
+    finally:
+        provider.stop()
+
+
+@pytest.fixture(scope="session")
+def safe_cleanup_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """The default engine: the configured URL, else a disposable PostgreSQL."""
+    state = _state(request.config)
+    if state.settings.url is not None:
+        try:
+            yield state.default_engine()
+        except TargetError as exc:
+            pytest.fail(f"safe-cleanup: {exc}", pytrace=False)
+        return
+    database: DisposableDatabase = request.getfixturevalue("disposable_postgres")
+    try:
+        engine = make_engine(database.url)
+    except TargetError as exc:
+        pytest.skip(f"safe-cleanup: {exc}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _make_cleanup(state: State, engine: Engine, book: RegistrationBook,
+                  node: pytest.Item | None) -> SafeCleanup:
+    if node is not None:
+        confirms = _marker_options(node)[0]
+        nodeid = node.nodeid
+
+        def context() -> tuple[str, frozenset[str]]:
+            return nodeid, confirms
+    else:
+        def context() -> tuple[str, frozenset[str]]:
+            return state.current_nodeid or "session", state.current_confirms
+
+    return SafeCleanup(engine, book=book, tag=state.next_tag(), context=context)
+
+
+@pytest.fixture
+def safe_cleanup(request: pytest.FixtureRequest, safe_cleanup_engine: Engine) -> Iterator[SafeCleanup]:
+    """Register this test's data for cleanup; it runs through the five layers at teardown."""
+    state = _state(request.config)
+    _guard_engine(state, safe_cleanup_engine)
+    book = RegistrationBook()
+    node = request.node if isinstance(request.node, pytest.Item) else None
+    yield _make_cleanup(state, safe_cleanup_engine, book, node)
+    _finish(state, book, node)
+
+
+@pytest.fixture(scope="session")
+def safe_cleanup_session(
+    request: pytest.FixtureRequest, safe_cleanup_engine: Engine
+) -> Iterator[SafeCleanup]:
+    """The same API at session scope: the cleanup runs at session end."""
+    state = _state(request.config)
+    _guard_engine(state, safe_cleanup_engine)
+    book = RegistrationBook()
+    yield _make_cleanup(state, safe_cleanup_engine, book, None)
+    _finish(state, book, None)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(state_key, None)
+    if state is None:
+        return
+    if state.settings.report is not None:
+        state.report.write_json(Path(state.settings.report))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        state.report.append_github_summary(Path(summary))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(state_key, None)
+    if state is None:
+        return
+    terminalreporter.section("safe cleanup")
+    for line in state.report.terminal_lines(verbose=config.get_verbosity() > 0):
+        terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(state_key, None)
+    if state is not None:
+        state.dispose()

@@ -1,0 +1,182 @@
+"""Layer 5: outcomes -> terminal summary, JSON report, GitHub summary and logging.
+
+The report is built from plain records only, so a worker's outcomes can travel to
+the controller and the same text comes out whichever process renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("dry", "deleted", "held", "refused", "failed", "kept")
+logger = logging.getLogger("pytest_safe_cleanup")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one table of one test's cleanup (``table`` None: the whole cleanup)."""
+
+    nodeid: str
+    target: str
+    table: str | None
+    counted: int | None
+    deleted: int | None
+    status: str
+    reason: str = ""
+    backup: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """A target as reported: masked URL, verdict level and reasons."""
+
+    name: str
+    url: str
+    verdict: str
+    reasons: tuple[str, ...]
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """Everything the summary and the JSON report say about one run."""
+
+    mode: str
+    run_id: str
+    mode_source: str = "default"
+    targets: dict[str, TargetInfo] = field(default_factory=dict)
+    cleanups: list[Outcome] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add_target(self, key: str, info: TargetInfo) -> None:
+        """Record a target's verdict (computed once per session)."""
+        if key not in self.targets:
+            logger.info("target %s (%s): %s: %s", info.name, info.url, info.verdict,
+                        "; ".join(info.reasons))
+        self.targets[key] = info
+
+    def add(self, outcomes: Iterable[Outcome]) -> None:
+        """Record outcomes and log each one."""
+        for o in outcomes:
+            self.cleanups.append(o)
+            log = logger.warning if o.status in ("held", "refused", "failed") else logger.info
+            log("%s %s %s: counted=%s deleted=%s %s", o.status, o.nodeid, o.table or o.target,
+                o.counted, o.deleted, o.reason)
+
+    def totals(self) -> dict[str, Any]:
+        """Counted and deleted rows per table, and cleanups per status."""
+        tables: dict[str, dict[str, int]] = {}
+        statuses = dict.fromkeys(STATUSES, 0)
+        for o in self.cleanups:
+            statuses[o.status] = statuses.get(o.status, 0) + 1
+            if o.table is None:
+                continue
+            key = f"{o.target}.{o.table}"
+            row = tables.setdefault(key, {"counted": 0, "deleted": 0})
+            row["counted"] += o.counted or 0
+            row["deleted"] += o.deleted or 0
+        return {
+            "counted": sum(r["counted"] for r in tables.values()),
+            "deleted": sum(r["deleted"] for r in tables.values()),
+            "tables": tables,
+            "statuses": statuses,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report's document."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "mode": self.mode,
+            "run_id": self.run_id,
+            "targets": [
+                {"name": t.name, "url": t.url, "verdict": t.verdict, "reasons": list(t.reasons),
+                 "note": t.note}
+                for t in self.targets.values()
+            ],
+            "cleanups": [asdict(o) for o in self.cleanups],
+            "notes": list(self.notes),
+            "totals": self.totals(),
+            "warnings": list(self.warnings),
+        }
+
+    def write_json(self, path: Path) -> None:
+        """Write the JSON report, creating its folder."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n")
+
+    def _problems(self) -> list[Outcome]:
+        return [o for o in self.cleanups if o.status in ("held", "refused", "failed", "kept")]
+
+    def terminal_lines(self, verbose: bool = False) -> list[str]:
+        """The ``safe cleanup`` section of the terminal summary."""
+        lines = [f"mode: {self.mode} ({self.mode_source}), run {self.run_id}"]
+        if self.mode == "off":
+            lines.append("safe cleanup is off: no teardown work was done")
+        elif self.mode == "dry":
+            lines.append("dry run: nothing was deleted; counts show what apply would delete")
+        lines.extend(self.notes)
+        for t in self.targets.values():
+            lines.append(f"target {t.name} {t.url}: {t.verdict}")
+            lines.extend(f"  - {r}" for r in t.reasons)
+            if t.note:
+                lines.append(f"  ! {t.note}")
+        totals = self.totals()
+        if totals["tables"]:
+            width = max(len(k) for k in totals["tables"])
+            lines.append(f"{'table'.ljust(width)}  {'counted':>8}  {'deleted':>8}")
+            for key, row in totals["tables"].items():
+                lines.append(f"{key.ljust(width)}  {row['counted']:>8}  {row['deleted']:>8}")
+            lines.append(
+                f"{'total'.ljust(width)}  {totals['counted']:>8}  {totals['deleted']:>8}"
+            )
+        elif self.mode != "off":
+            lines.append("no cleanup was registered")
+        backups = sorted({o.backup for o in self.cleanups if o.backup})
+        if backups:
+            lines.append(f"backups written: {len(backups)}")
+            lines.extend(f"  {b}" for b in backups)
+        for o in self._problems():
+            where = f" {o.table}" if o.table else ""
+            lines.append(f"{o.status.upper()} {o.nodeid} ({o.target}{where}): {o.reason}")
+        if verbose:
+            for o in self.cleanups:
+                if o.table is None:
+                    continue
+                deleted = "-" if o.deleted is None else str(o.deleted)
+                lines.append(
+                    f"  {o.nodeid}: {o.target}.{o.table} counted {o.counted} "
+                    f"deleted {deleted} [{o.status}]"
+                )
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return lines
+
+    def markdown(self) -> str:
+        """A Markdown version of the summary for ``GITHUB_STEP_SUMMARY``."""
+        out = [f"### safe cleanup: {self.mode}", ""]
+        for t in self.targets.values():
+            out.append(f"- target `{t.name}` `{t.url}`: **{t.verdict}** ({'; '.join(t.reasons)})")
+        totals = self.totals()
+        if totals["tables"]:
+            out += ["", "| table | counted | deleted |", "| --- | ---: | ---: |"]
+            for key, row in totals["tables"].items():
+                out.append(f"| `{key}` | {row['counted']} | {row['deleted']} |")
+            out.append(f"| **total** | {totals['counted']} | {totals['deleted']} |")
+        problems = self._problems()
+        if problems:
+            out += ["", "| status | test | reason |", "| --- | --- | --- |"]
+            for o in problems:
+                out.append(f"| {o.status} | `{o.nodeid}` | {o.reason.replace('|', '/')} |")
+        out.extend(f"\n> warning: {w}" for w in self.warnings)
+        return "\n".join(out) + "\n"
+
+    def append_github_summary(self, path: Path) -> None:
+        """Append the Markdown summary (never rewrite what other steps wrote)."""
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(self.markdown())

@@ -1,0 +1,255 @@
+"""The pipeline of one teardown: plan -> verdict -> intent -> executor -> outcomes.
+
+``Guardian`` holds the session's verdicts (one per target) and watches every
+SQLAlchemy engine's connections, so a target that the guard blocks is refused
+wherever the engine came from. ``Conductor`` runs a test's registrations through the
+layers in order. Neither imports pytest: the plugin hands them what they need.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import executor
+from .guard import Level, Reason, Verdict, evaluate, read_environment
+from .intent import IntentBook
+from .plan import Registration, RegistrationError, build_plan
+from .report import Outcome, Report, TargetInfo
+from .settings import Settings
+from .stamp import read_stamp
+from .target import Target, from_url, target_key
+
+
+class Blocked(RuntimeError):
+    """A BLOCK verdict: the target is refused; nothing was sent to it."""
+
+    def __init__(self, target: Target, verdict: Verdict) -> None:
+        self.target = target
+        self.verdict = verdict
+        super().__init__(
+            f"safe-cleanup refused {target.masked_url}: BLOCK: {verdict.explain()} "
+            "(no flag, marker or mode overrides a BLOCK)"
+        )
+
+
+def first_line(exc: BaseException) -> str:
+    """A driver error's first line, without SQLAlchemy's background link."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Guardian:
+    """Verdicts computed once per target per session, and the watch on connections."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.environ = dict(os.environ if environ is None else environ)
+        self.environment = read_environment(settings.env_vars, self.environ)
+        self.disposable: set[str] = set()
+        self.verdicts: dict[str, tuple[Target, Verdict]] = {}
+        self.on_verdict: Callable[[Target, Verdict], None] | None = None
+        self.on_block: Callable[[Blocked], None] | None = None
+        self._installed = False
+
+    # -- pure parts ----------------------------------------------------------
+    def target(self, url: object) -> Target:
+        """A Target for a URL, marked disposable when a provider made it."""
+        target = from_url(url, self.settings.allowed_hosts, self.environ)  # type: ignore[arg-type]
+        return replace(target, disposable=True) if target.key in self.disposable else target
+
+    def static_verdict(self, target: Target) -> Verdict:
+        """Environment, host and name rules: everything known without connecting."""
+        return evaluate(self.environment, target, None, self.settings)
+
+    def environment_blocked(self) -> str | None:
+        """The refusal text when the process environment itself is blocked."""
+        env = self.environment
+        if env.value is not None and env.value in self.settings.blocked_environments:
+            return (
+                f"{env.variable}={env.value!r} is a blocked environment: safe-cleanup refuses "
+                "to take part in this run in any mode; run deliberate production checks "
+                "without the plugin (-p no:safe_cleanup)"
+            )
+        return None
+
+    def mark_disposable(self, url: object) -> None:
+        """A provider made this database in this run."""
+        self.disposable.add(self.target(url).key)
+        self.verdicts.pop(self.target(url).key, None)
+
+    # -- verdicts from a live connection --------------------------------------
+    def verdict_for(self, conn: Connection) -> tuple[Target, Verdict]:
+        """The cached verdict of the connection's target, reading its stamp the first time."""
+        key = target_key(conn.engine.url)
+        cached = self.verdicts.get(key)
+        if cached is not None:
+            return cached
+        target = self.target(conn.engine.url)
+        try:
+            stamp = read_stamp(conn)
+            verdict = evaluate(self.environment, target, stamp, self.settings)
+        except SQLAlchemyError as exc:
+            base = self.static_verdict(target)
+            reason = Reason(Level.CONFIRM, "stamp", f"the stamp could not be read: {first_line(exc)}")
+            verdict = Verdict(max(base.level, Level.CONFIRM), (*base.reasons, reason))
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+        self.verdicts[key] = (target, verdict)
+        if self.on_verdict is not None:
+            self.on_verdict(target, verdict)
+        return target, verdict
+
+    def check(self, engine: Engine) -> tuple[Target, Verdict]:
+        """Connect once (the watch computes the verdict) and return it; BLOCK raises."""
+        key = target_key(engine.url)
+        if key not in self.verdicts:
+            with engine.connect() as conn:
+                if not self._installed:
+                    self._on_connect(conn)
+        target, verdict = self.verdicts[key]
+        if verdict.level is Level.BLOCK:
+            raise Blocked(target, verdict)
+        return target, verdict
+
+    def _on_connect(self, conn: Connection) -> None:
+        target, verdict = self.verdict_for(conn)
+        if verdict.level is Level.BLOCK:
+            conn.close()
+            blocked = Blocked(target, verdict)
+            if self.on_block is not None:
+                self.on_block(blocked)
+            raise blocked
+
+    def install(self) -> None:
+        """Watch every engine in the process, made by the plugin or not."""
+        if not self._installed:
+            event.listen(Engine, "engine_connect", self._on_connect)
+            self._installed = True
+
+    def uninstall(self) -> None:
+        """Stop watching (end of the pytest session)."""
+        if self._installed:
+            event.remove(Engine, "engine_connect", self._on_connect)
+            self._installed = False
+
+
+@dataclass(frozen=True)
+class TestContext:
+    """What the plugin knows of the test whose cleanup runs."""
+
+    __test__ = False  # not a pytest test class
+
+    nodeid: str
+    failed: bool = False
+    mode: str | None = None  # the marker's mode
+    max_rows: int | None = None
+    backup: str | None = None
+
+
+def effective_mode(session_mode: str, marker_mode: str | None) -> str:
+    """A marker may make cleanup safer than the session's mode, never stronger."""
+    order = {"off": 0, "dry": 1, "apply": 2}
+    if marker_mode is None:
+        return session_mode
+    return min(session_mode, marker_mode, key=order.__getitem__)
+
+
+class Conductor:
+    """Runs one cleanup's registrations through the five layers and records outcomes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        guardian: Guardian,
+        report: Report,
+        *,
+        interactive: bool,
+        prompt: Callable[[str], str] | None,
+    ) -> None:
+        self.settings = settings
+        self.guardian = guardian
+        self.report = report
+        self.interactive = interactive
+        self.prompt = prompt
+        self.intents = IntentBook()
+
+    def finish(self, entries: list[tuple[Engine, list[Registration]]], ctx: TestContext) -> list[str]:
+        """Clean every engine's registrations; return the errors that fail the teardown."""
+        mode = effective_mode(self.settings.mode, ctx.mode)
+        if mode == "off":
+            return []
+        errors: list[str] = []
+        for engine, registrations in entries:
+            try:
+                outcomes = self._one(engine, registrations, ctx, mode)
+            except Blocked as blocked:
+                outcomes = [Outcome(ctx.nodeid, blocked.target.name, None, None, None,
+                                    "refused", str(blocked))]
+            except (RegistrationError, executor.ExecutionError) as exc:
+                name = self.guardian.target(engine.url).name
+                outcomes = [Outcome(ctx.nodeid, name, None, None, None, "failed", str(exc))]
+            except SQLAlchemyError as exc:
+                name = self.guardian.target(engine.url).name
+                reason = (f"cleanup failed and was rolled back, nothing was deleted: "
+                          f"{first_line(exc)}")
+                outcomes = [Outcome(ctx.nodeid, name, None, None, None, "failed", reason)]
+            self.report.add(outcomes)
+            errors.extend(
+                f"safe-cleanup: {o.reason}" for o in outcomes
+                if o.status in ("held", "refused", "failed") and o.reason
+            )
+        return list(dict.fromkeys(errors))
+
+    def _count(self, engine: Engine, plan: object) -> list[executor.TableCount]:
+        with engine.connect() as conn:
+            return executor.count(conn, plan)  # type: ignore[arg-type]
+
+    def _one(
+        self, engine: Engine, registrations: list[Registration], ctx: TestContext, mode: str
+    ) -> list[Outcome]:
+        plan = build_plan(registrations)
+        target, verdict = self.guardian.check(engine)
+
+        def outcomes(counts: list[executor.TableCount], status: str, reason: str = "",
+                     backup: str | None = None) -> list[Outcome]:
+            return [Outcome(ctx.nodeid, target.name, c.table, c.counted, c.deleted, status,
+                            reason, backup) for c in counts]
+
+        if self.settings.keep == "failed" and ctx.failed:
+            return outcomes(self._count(engine, plan), "kept",
+                            "the test failed: its data is kept for inspection (safe_cleanup_keep = failed)")
+        if mode == "dry":
+            reason = ""
+            if verdict.level is Level.CONFIRM:
+                reason = f"apply would need explicit intent: {verdict.explain()}"
+            return outcomes(self._count(engine, plan), "dry", reason)
+
+        confirms = frozenset.intersection(*(r.confirms for r in registrations))
+        decision = self.intents.decide(
+            target, verdict, interactive=self.interactive, confirms=confirms, prompt=self.prompt
+        )
+        if not decision.proceed:
+            return outcomes(self._count(engine, plan), decision.status, decision.reason)
+        backup = ctx.backup or self.settings.backup
+        if backup != "none":
+            raise executor.ExecutionError(
+                f"apply needs a {backup} backup, which this version cannot write yet: nothing "
+                "was deleted; set safe_cleanup_backup = none to apply without a backup"
+            )
+        max_rows = ctx.max_rows if ctx.max_rows is not None else self.settings.max_rows
+        done, location = executor.apply(engine, plan, verdict=verdict, max_rows=max_rows,
+                                        backup=None)
+        return outcomes(done, "deleted", decision.reason, location)
+
+
+def target_info(target: Target, verdict: Verdict, note: str = "") -> TargetInfo:
+    """A target's line in the report."""
+    return TargetInfo(target.name, target.masked_url, verdict.level.name,
+                      tuple(r.text for r in verdict.reasons), note)

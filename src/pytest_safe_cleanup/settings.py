@@ -1,0 +1,191 @@
+"""One frozen Settings, resolved once from CLI > environment > ini > defaults.
+
+Each value keeps the place it came from, so that errors and the report header can
+say which flag, variable or ini key decided (a falsy CLI value never falls through).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODES = ("dry", "apply", "off")
+BACKUPS = ("rows", "pg_dump", "none")
+KEEPS = ("never", "failed")
+UNGUARDED = ("warn", "error", "ignore")
+WATCHES = ("plugin", "all")
+
+DEFAULT_BLOCKED = ("production", "prod", "prd", "live", "staging", "stage", "stg")
+DEFAULT_ALLOWED = ("local", "test", "testing", "ci", "dev", "development")
+
+# name -> (cli option dest, environment variable, ini key, default)
+_SPEC: dict[str, tuple[str | None, str | None, str | None, Any]] = {
+    "mode": ("safe_cleanup", "SAFE_CLEANUP_MODE", "safe_cleanup_mode", "dry"),
+    "url": ("safe_cleanup_url", "SAFE_CLEANUP_URL", "safe_cleanup_url", None),
+    "env_vars": (None, None, "safe_cleanup_env_vars", ("ENVIRONMENT",)),
+    "blocked_environments": (None, None, "safe_cleanup_blocked_environments", DEFAULT_BLOCKED),
+    "allowed_environments": (None, None, "safe_cleanup_allowed_environments", DEFAULT_ALLOWED),
+    "allowed_hosts": (None, None, "safe_cleanup_allowed_hosts", ()),
+    "max_rows": (None, None, "safe_cleanup_max_rows", 10000),
+    "backup": (None, None, "safe_cleanup_backup", "rows"),
+    "backup_dir": ("safe_cleanup_backup_dir", None, "safe_cleanup_backup_dir", None),
+    "backup_keep": (None, None, "safe_cleanup_backup_keep", 20),
+    "keep": (None, None, "safe_cleanup_keep", "never"),
+    "unguarded": (None, None, "safe_cleanup_unguarded", "warn"),
+    "watch": (None, None, "safe_cleanup_watch", "plugin"),
+    "postgres": (None, None, "safe_cleanup_postgres", "auto"),
+    "postgres_image": (None, None, "safe_cleanup_postgres_image", "postgres:16-alpine"),
+    "report": ("safe_cleanup_report", None, None, None),
+    "run_id": (None, "SAFE_CLEANUP_RUN_ID", None, None),
+}
+
+#: ini keys with their help text, declared by the plugin; the CLI reads the same keys.
+INI_HELP: dict[str, str] = {
+    "safe_cleanup_mode": "cleanup mode: dry (default), apply or off",
+    "safe_cleanup_url": "database URL of the default safe_cleanup_engine",
+    "safe_cleanup_env_vars": "variables that name the environment, first non-empty wins",
+    "safe_cleanup_blocked_environments": "environment names that are never cleaned",
+    "safe_cleanup_allowed_environments": "environment names that need no confirmation",
+    "safe_cleanup_allowed_hosts": "host globs treated as local (CI service names)",
+    "safe_cleanup_max_rows": "most rows one cleanup may delete (default 10000)",
+    "safe_cleanup_backup": "backup strategy: rows (default), pg_dump or none",
+    "safe_cleanup_backup_dir": "backup folder (default .safe-cleanup/backups under rootdir)",
+    "safe_cleanup_backup_keep": "how many runs of backups to keep (default 20)",
+    "safe_cleanup_keep": "never (default) or failed: keep the data of failed tests",
+    "safe_cleanup_unguarded": "warn (default), error or ignore deletes that bypass the plugin",
+    "safe_cleanup_watch": "plugin (default) or all: which engines are watched",
+    "safe_cleanup_postgres": "disposable_postgres provider: auto, docker, local or a server URL",
+    "safe_cleanup_postgres_image": "image of the docker provider",
+}
+LIST_INI = {
+    "safe_cleanup_env_vars",
+    "safe_cleanup_blocked_environments",
+    "safe_cleanup_allowed_environments",
+    "safe_cleanup_allowed_hosts",
+}
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names where it came from."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration; ``sources`` says where each value came from."""
+
+    mode: str = "dry"
+    url: str | None = None
+    env_vars: tuple[str, ...] = ("ENVIRONMENT",)
+    blocked_environments: frozenset[str] = frozenset(DEFAULT_BLOCKED)
+    allowed_environments: frozenset[str] = frozenset(DEFAULT_ALLOWED)
+    allowed_hosts: tuple[str, ...] = ()
+    max_rows: int = 10000
+    backup: str = "rows"
+    backup_dir: Path | None = None
+    backup_keep: int = 20
+    keep: str = "never"
+    unguarded: str = "warn"
+    watch: str = "plugin"
+    postgres: str = "auto"
+    postgres_image: str = "postgres:16-alpine"
+    report: Path | None = None
+    run_id: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def source(self, name: str) -> str:
+        """Where a value came from: an option, a variable, an ini key or ``default``."""
+        return self.sources.get(name, "default")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...], where: str) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise SettingsError(
+            f"{where}: invalid {name} {value!r}; choose one of: {', '.join(choices)}"
+        )
+    return text
+
+
+def _positive_int(value: Any, where: str) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{where}: {value!r} is not a whole number") from None
+    if number < 0:
+        raise SettingsError(f"{where}: {number} must not be negative")
+    return number
+
+
+def _words(value: Any) -> tuple[str, ...]:
+    """Split ini values given as one line, several lines or a TOML list."""
+    items = [value] if isinstance(value, str) else list(value)
+    return tuple(w for item in items for w in str(item).replace(",", " ").split())
+
+
+def _is_set(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, str | list | tuple):
+        return len(value) > 0
+    return True
+
+
+def _describe(kind: str, key: str) -> str:
+    return {"cli": f"--{key.replace('_', '-')}", "env": key, "ini": f"ini {key}"}[kind]
+
+
+def resolve(
+    cli: Mapping[str, Any],
+    env: Mapping[str, str],
+    ini: Mapping[str, Any],
+) -> Settings:
+    """Resolve every setting from CLI > environment > ini > default, validating each."""
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, (dest, var, key, default) in _SPEC.items():
+        value, source = default, "default"
+        for kind, k, mapping in (("cli", dest, cli), ("env", var, env), ("ini", key, ini)):
+            if k is not None and _is_set(mapping.get(k)):
+                value = mapping[k]
+                source = _describe(kind, k)
+                break
+        raw[name] = value
+        sources[name] = source
+
+    def where(name: str) -> str:
+        return sources[name]
+
+    env_vars = _words(raw["env_vars"])
+    if not env_vars:
+        raise SettingsError(f"{where('env_vars')}: name at least one environment variable")
+    postgres = str(raw["postgres"]).strip()
+    if postgres.lower() in ("auto", "docker", "local"):
+        postgres = postgres.lower()
+    elif "://" not in postgres:
+        raise SettingsError(
+            f"{where('postgres')}: invalid value {postgres!r}; "
+            "use auto, docker, local or a PostgreSQL server URL"
+        )
+    url = raw["url"]
+    return Settings(
+        mode=_choice("mode", raw["mode"], MODES, where("mode")),
+        url=str(url).strip() if url is not None else None,
+        env_vars=env_vars,
+        blocked_environments=frozenset(w.lower() for w in _words(raw["blocked_environments"])),
+        allowed_environments=frozenset(w.lower() for w in _words(raw["allowed_environments"])),
+        allowed_hosts=_words(raw["allowed_hosts"]),
+        max_rows=_positive_int(raw["max_rows"], where("max_rows")),
+        backup=_choice("backup", raw["backup"], BACKUPS, where("backup")),
+        backup_dir=Path(raw["backup_dir"]) if raw["backup_dir"] is not None else None,
+        backup_keep=_positive_int(raw["backup_keep"], where("backup_keep")),
+        keep=_choice("keep", raw["keep"], KEEPS, where("keep")),
+        unguarded=_choice("unguarded", raw["unguarded"], UNGUARDED, where("unguarded")),
+        watch=_choice("watch", raw["watch"], WATCHES, where("watch")),
+        postgres=postgres,
+        postgres_image=str(raw["postgres_image"]).strip(),
+        report=Path(raw["report"]) if raw["report"] is not None else None,
+        run_id=str(raw["run_id"]).strip() if raw["run_id"] is not None else None,
+        sources=sources,
+    )

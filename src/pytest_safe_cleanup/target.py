@@ -1,0 +1,203 @@
+"""A database target from a URL or an engine: dialect, host class, name, masked URL.
+
+The host class is decided here, once, so that the guard never parses URLs itself.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+QUERY_ORIGIN = " (from the query string)"
+LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+class TargetError(ValueError):
+    """A URL that cannot name a database target."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a cleanup would run. ``key`` identifies it without any password."""
+
+    backend: str
+    host: str | None
+    port: int | None
+    database: str
+    name: str
+    masked_url: str
+    key: str
+    host_class: str  # "local" or "remote"
+    host_reason: str
+    disposable: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        """True for loopback, unix sockets, SQLite and allowed host globs."""
+        return self.host_class == "local"
+
+
+def parse_url(url: str | URL) -> URL:
+    """Parse a database URL, or raise a one-line TargetError that says what is wrong."""
+    if isinstance(url, URL):
+        return url
+    text = str(url).strip()
+    if not text:
+        raise TargetError("empty database URL: give one like postgresql+psycopg://user@host/db")
+    try:
+        parsed = make_url(text)
+    except (ArgumentError, ValueError) as exc:
+        shown = mask_text(text)
+        raise TargetError(
+            f"could not parse {shown!r} as a database URL ({exc}); "
+            "use the form dialect+driver://user:password@host:port/database"
+        ) from None
+    return parsed
+
+
+def mask_text(text: str) -> str:
+    """Hide a password in a URL-like string that may not even parse."""
+    if "://" not in text or "@" not in text:
+        return text
+    scheme, rest = text.split("://", 1)
+    creds, _, tail = rest.rpartition("@")
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    return f"{scheme}://{creds}@{tail}"
+
+
+def mask_url(url: URL) -> str:
+    """Render a URL with its password (and password-like query values) hidden."""
+    hidden = url.set(password="***") if url.password else url
+    if any(k.lower() in ("password", "passwd", "pwd") for k in hidden.query):
+        hidden = hidden.update_query_dict(
+            {k: "***" for k in hidden.query if k.lower() in ("password", "passwd", "pwd")}
+        )
+    return hidden.render_as_string(hide_password=False)
+
+
+def _is_loopback(host: str) -> bool:
+    bare = host.strip().lower()
+    if bare.startswith("[") and bare.endswith("]"):
+        bare = bare[1:-1]
+    if bare in LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
+
+
+def _classify_host(
+    host: str, allowed_hosts: tuple[str, ...], origin: str
+) -> tuple[str, str]:
+    if host.startswith("/") or host.startswith("@"):
+        return "local", f"unix socket {host}{origin}"
+    if origin == QUERY_ORIGIN:
+        # libpq lets the query string override the URL's host: a name there is easy
+        # to miss when reading the URL, so only a socket path there counts as local.
+        return "remote", f"host {host} is given in the query string"
+    if _is_loopback(host):
+        return "local", f"loopback host {host}{origin}"
+    for pattern in allowed_hosts:
+        if fnmatch.fnmatchcase(host.lower(), pattern.lower()):
+            return "local", f"host {host} matches safe_cleanup_allowed_hosts {pattern!r}"
+    return "remote", f"host {host}{origin} is not local"
+
+
+def _query_value(query: Mapping[str, str | tuple[str, ...]], key: str) -> str | None:
+    value = query.get(key)
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return value
+
+
+def classify(
+    url: URL, allowed_hosts: tuple[str, ...] = (), environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """Return ("local" | "remote", reason) for a URL's host.
+
+    Only what the driver will really connect to counts: a host in the query string
+    overrides the URL's host in libpq, and an empty host falls back to PGHOST.
+    """
+    environ = os.environ if environ is None else environ
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return "local", "SQLite file" if url.database not in (None, "", ":memory:") else (
+            "SQLite in memory"
+        )
+    query_host = _query_value(url.query, "host")
+    if backend == "postgresql":
+        hosts = []
+        if query_host:
+            hosts = [(h, QUERY_ORIGIN) for h in query_host.split(",") if h]
+        elif url.host:
+            hosts = [(url.host, "")]
+        elif environ.get("PGHOSTADDR") or environ.get("PGHOST"):
+            value = environ.get("PGHOSTADDR") or environ.get("PGHOST", "")
+            hosts = [(h, " (from PGHOST)") for h in value.split(",") if h]
+        if not hosts:
+            return "local", "default unix socket"
+        results = [_classify_host(h, allowed_hosts, origin) for h, origin in hosts]
+        remote = [r for r in results if r[0] == "remote"]
+        return remote[0] if remote else results[0]
+    if backend in ("mysql", "mariadb"):
+        socket = _query_value(url.query, "unix_socket")
+        if url.host:
+            return _classify_host(url.host, allowed_hosts, "")
+        if query_host:
+            return _classify_host(query_host, allowed_hosts, QUERY_ORIGIN)
+        return "local", f"unix socket {socket}" if socket else "default unix socket"
+    if not url.host:
+        return "local", "no host (local connection)"
+    return _classify_host(url.host, allowed_hosts, "")
+
+
+def database_name(url: URL) -> str:
+    """The name a person types to confirm: the database, or a SQLite file's name."""
+    db = url.database or ""
+    if url.get_backend_name() == "sqlite":
+        if db in ("", ":memory:") or db.startswith("file::memory:"):
+            return "memory"
+        return PurePath(db.split("?", 1)[0].removeprefix("file:")).name
+    if not db and url.get_backend_name() == "postgresql":
+        return url.username or os.environ.get("PGDATABASE", "") or "postgres"
+    return db
+
+
+def target_key(url: URL) -> str:
+    """A password-free identity for caching verdicts per target."""
+    return url.set(password=None).render_as_string(hide_password=True)
+
+
+def from_url(
+    url: str | URL, allowed_hosts: tuple[str, ...] = (), environ: Mapping[str, str] | None = None
+) -> Target:
+    """Build a Target from a URL string or object."""
+    parsed = parse_url(url)
+    host_class, reason = classify(parsed, allowed_hosts, environ)
+    return Target(
+        backend=parsed.get_backend_name(),
+        host=parsed.host,
+        port=parsed.port,
+        database=parsed.database or "",
+        name=database_name(parsed),
+        masked_url=mask_url(parsed),
+        key=target_key(parsed),
+        host_class=host_class,
+        host_reason=reason,
+    )
+
+
+def from_engine(engine: Engine, allowed_hosts: tuple[str, ...] = ()) -> Target:
+    """Build a Target from an engine's URL."""
+    return from_url(engine.url, allowed_hosts)
