@@ -12,7 +12,7 @@ try:
     from importlib.metadata import version as _version
 
     __version__ = _version("pytest-safe-cleanup")
-except Exception:  # noqa: BLE001 - running from a source tree without metadata
+except Exception:
     __version__ = "unknown"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Delete, Select, delete, func, literal, select
 from sqlalchemy.engine import Connection, Engine
@@ -41,7 +42,7 @@ class TableCount:
     deleted: int | None = None
 
 
-def count_statement(plan: Plan) -> Select[tuple[int, ...]]:
+def count_statement(plan: Plan) -> Select[Any]:
     """One SELECT of scalar sub-counts: every table counted in one round-trip."""
     subqueries = [
         select(func.count())
@@ -69,7 +70,7 @@ def count(conn: Connection, plan: Plan) -> list[TableCount]:
     if not plan:
         return []
     row = conn.execute(count_statement(plan)).one()
-    return [TableCount(step.name, int(n)) for step, n in zip(plan.steps, row, strict=True)]
+    return [TableCount(step.name, int(n)) for step, n in zip(plan.steps, tuple(row), strict=True)]
 
 
 BackupHook = Callable[[Connection, Plan, list[TableCount]], str | None]

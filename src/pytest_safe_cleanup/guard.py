@@ -85,9 +85,7 @@ def environment_reason(environment: Environment, target: Target, settings: Setti
             Level.CONFIRM, "environment", f"{names} is not set and the target is not local"
         )
     if value in settings.blocked_environments:
-        return Reason(
-            Level.BLOCK, "environment", f"{var}={value!r} is a blocked environment"
-        )
+        return Reason(Level.BLOCK, "environment", f"{var}={value!r} is a blocked environment")
     if value in settings.allowed_environments:
         return Reason(Level.ALLOW, "environment", f"{var}={value!r} is an allowed environment")
     return Reason(
@@ -116,13 +114,21 @@ def evaluate(
     if stamp is not None:
         if stamp in settings.blocked_environments:
             reasons.append(
-                Reason(Level.BLOCK, "stamp", f"the database is stamped {stamp!r}, a blocked environment")
+                Reason(
+                    Level.BLOCK,
+                    "stamp",
+                    f"the database is stamped {stamp!r}, a blocked environment",
+                )
             )
         elif stamp in settings.allowed_environments or stamp == DISPOSABLE:
             reasons.append(Reason(Level.ALLOW, "stamp", f"the database is stamped {stamp!r}"))
         else:
             reasons.append(
-                Reason(Level.CONFIRM, "stamp", f"the database is stamped {stamp!r}, not an allowed environment")
+                Reason(
+                    Level.CONFIRM,
+                    "stamp",
+                    f"the database is stamped {stamp!r}, not an allowed environment",
+                )
             )
 
     for token in name_tokens(target.name):

@@ -8,9 +8,9 @@ Nothing here formats SQL by hand: every name is quoted by SQLAlchemy.
 
 from __future__ import annotations
 
-from graphlib import CycleError, TopologicalSorter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from sqlalchemy import Column, MetaData, Table, TableClause, and_, column, inspect, or_, true
@@ -21,6 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement, TextClause, True_
 from sqlalchemy.sql.visitors import replacement_traverse
 
 from .stamp import STAMP_TABLE
+from .target import mask_url
 
 
 class RegistrationError(ValueError):
@@ -78,7 +79,7 @@ def _table_of(target: Any) -> Table | None:
         return table
     try:
         mapper = inspect(target, raiseerr=False)
-    except Exception:  # noqa: BLE001 - any non-inspectable object is simply not a table
+    except Exception:
         return None
     local = getattr(mapper, "local_table", None)
     return local if isinstance(local, Table) else None
@@ -98,7 +99,8 @@ class TableResolver:
             return table
         if not isinstance(target, str) or not target.strip():
             raise RegistrationError(
-                f"cannot delete from {target!r}: pass a SQLAlchemy Table, an ORM class or a table name"
+                f"cannot delete from {target!r}: "
+                "pass a SQLAlchemy Table, an ORM class or a table name"
             )
         schema, _, name = target.strip().rpartition(".")
         key = f"{schema}.{name}" if schema else name
@@ -111,7 +113,7 @@ class TableResolver:
                 return Table(name, self.metadata, schema=schema or None, autoload_with=own)
         except NoSuchTableError:
             raise RegistrationError(
-                f"table {target!r} does not exist in {self.engine.url.render_as_string(hide_password=True)}: "
+                f"table {target!r} does not exist in {mask_url(self.engine.url)}: "
                 "check the name (and schema) or create the table before registering its cleanup"
             ) from None
 
@@ -150,7 +152,8 @@ def build_condition(
     if not clauses:
         if not all_rows:
             raise RegistrationError(
-                f"refusing to register a cleanup of every row of {table.fullname!r}: add a condition "
+                f"refusing to register a cleanup of every row of {table.fullname!r}: "
+                "add a condition "
                 "(delete(table, table.c.id == 1) or delete(table, email='x')) or pass all_rows=True"
             )
         return true()
@@ -194,7 +197,7 @@ def _adapt(condition: ColumnElement[bool], shared: TableClause) -> ColumnElement
             return shared.c[element.name]
         return None
 
-    return replacement_traverse(condition, {}, replace)  # type: ignore[no-any-return]
+    return replacement_traverse(condition, {}, replace)
 
 
 def _parents(table: Table) -> set[str]:
@@ -257,8 +260,8 @@ __all__ = [
     "Plan",
     "Registration",
     "RegistrationBook",
-    "SafeCleanup",
     "RegistrationError",
+    "SafeCleanup",
     "Step",
     "TableResolver",
     "build_condition",
@@ -297,7 +300,11 @@ class SafeCleanup:
         return SafeCleanup(engine, book=self._book, tag=self._tag, context=self._context)
 
     def delete(
-        self, target: Any, *where: Any, all_rows: bool = False, cascade: bool = False,
+        self,
+        target: Any,
+        *where: Any,
+        all_rows: bool = False,
+        cascade: bool = False,
         **equals: Any,
     ) -> None:
         """Register rows of ``target`` for deletion at teardown.

@@ -27,7 +27,7 @@ from .providers import DisposableDatabase, ProviderUnavailable, start_disposable
 from .report import Report
 from .runner import Blocked, Conductor, Guardian, TestContext, first_line, target_info
 from .settings import BACKUPS, INI_HELP, LIST_INI, MODES, Settings, SettingsError, resolve
-from .target import Target, TargetError, parse_url
+from .target import Target, TargetError
 
 # Captured before pytest's capture replaces the standard streams.
 _TTYS = (os.isatty(0), os.isatty(1))
@@ -49,17 +49,37 @@ def _marker_signature(
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("safe-cleanup", "safe test-data cleanup")
     group.addoption(
-        "--safe-cleanup", dest="safe_cleanup", choices=MODES, default=None,
+        "--safe-cleanup",
+        dest="safe_cleanup",
+        choices=MODES,
+        default=None,
         help="cleanup mode: dry (default: count, delete nothing), apply, off",
     )
-    group.addoption("--safe-cleanup-url", dest="safe_cleanup_url", default=None,
-                    help="database URL of the default safe_cleanup_engine")
-    group.addoption("--safe-cleanup-report", dest="safe_cleanup_report", default=None,
-                    metavar="PATH", help="write a JSON report of every cleanup to PATH")
-    group.addoption("--safe-cleanup-backup-dir", dest="safe_cleanup_backup_dir", default=None,
-                    metavar="DIR", help="folder for backups (default .safe-cleanup/backups)")
+    group.addoption(
+        "--safe-cleanup-url",
+        dest="safe_cleanup_url",
+        default=None,
+        help="database URL of the default safe_cleanup_engine",
+    )
+    group.addoption(
+        "--safe-cleanup-report",
+        dest="safe_cleanup_report",
+        default=None,
+        metavar="PATH",
+        help="write a JSON report of every cleanup to PATH",
+    )
+    group.addoption(
+        "--safe-cleanup-backup-dir",
+        dest="safe_cleanup_backup_dir",
+        default=None,
+        metavar="DIR",
+        help="folder for backups (default .safe-cleanup/backups)",
+    )
     for key, text in INI_HELP.items():
-        parser.addini(key, text, type="linelist" if key in LIST_INI else "string", default=None)
+        if key in LIST_INI:
+            parser.addini(key, text, type="linelist", default=None)
+        else:
+            parser.addini(key, text, type="string", default=None)
 
 
 class State:
@@ -78,14 +98,16 @@ class State:
         self.guardian = Guardian(settings)
         self.report = Report(settings.mode, self.run_id, settings.source("mode"))
         self.interactive = intent.is_interactive(*_TTYS, os.environ, self.is_worker)
-        self.conductor = Conductor(settings, self.guardian, self.report,
-                                   interactive=self.interactive, prompt=self.prompt)
+        self.conductor = Conductor(
+            settings, self.guardian, self.report, interactive=self.interactive, prompt=self.prompt
+        )
         self.current_nodeid = ""
         self.current_confirms: frozenset[str] = frozenset()
         self.default_target: Target | None = None
         self._engine: Engine | None = None
         self.guardian.on_verdict = lambda t, v: self.report.add_target(t.key, target_info(t, v))
         self.guardian.on_block = self._stop_session
+        self.guardian.on_use = lambda t: self.report.use_target(t.key)
         self.session: pytest.Session | None = None
 
     def _stop_session(self, blocked: Blocked) -> None:
@@ -112,7 +134,7 @@ class State:
     def default_engine(self) -> Engine:
         """The engine of the configured URL, made once."""
         if self._engine is None:
-            assert self.settings.url is not None  # noqa: S101 - only called when a URL is set
+            assert self.settings.url is not None
             self._engine = make_engine(self.settings.url)
         return self._engine
 
@@ -156,8 +178,15 @@ def _ini(config: pytest.Config) -> dict[str, Any]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
-    cli = {dest: config.getoption(dest) for dest in (
-        "safe_cleanup", "safe_cleanup_url", "safe_cleanup_report", "safe_cleanup_backup_dir")}
+    cli = {
+        dest: config.getoption(dest)
+        for dest in (
+            "safe_cleanup",
+            "safe_cleanup_url",
+            "safe_cleanup_report",
+            "safe_cleanup_backup_dir",
+        )
+    }
     try:
         settings = resolve(cli, os.environ, _ini(config))
     except SettingsError as exc:
@@ -237,7 +266,8 @@ def _validate_marker(item: pytest.Item) -> None:
             raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
         if values["mode"] is not None and values["mode"] not in MODES:
             raise pytest.UsageError(
-                f"{item.nodeid}: safe_cleanup(mode={values['mode']!r}): use one of {', '.join(MODES)}"
+                f"{item.nodeid}: safe_cleanup(mode={values['mode']!r}): "
+                f"use one of {', '.join(MODES)}"
             )
         if values["backup"] is not None and values["backup"] not in BACKUPS:
             raise pytest.UsageError(
@@ -364,8 +394,9 @@ def safe_cleanup_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
         engine.dispose()
 
 
-def _make_cleanup(state: State, engine: Engine, book: RegistrationBook,
-                  node: pytest.Item | None) -> SafeCleanup:
+def _make_cleanup(
+    state: State, engine: Engine, book: RegistrationBook, node: pytest.Item | None
+) -> SafeCleanup:
     if node is not None:
         confirms = _marker_options(node)[0]
         nodeid = node.nodeid
@@ -373,6 +404,7 @@ def _make_cleanup(state: State, engine: Engine, book: RegistrationBook,
         def context() -> tuple[str, frozenset[str]]:
             return nodeid, confirms
     else:
+
         def context() -> tuple[str, frozenset[str]]:
             return state.current_nodeid or "session", state.current_confirms
 
@@ -380,7 +412,9 @@ def _make_cleanup(state: State, engine: Engine, book: RegistrationBook,
 
 
 @pytest.fixture
-def safe_cleanup(request: pytest.FixtureRequest, safe_cleanup_engine: Engine) -> Iterator[SafeCleanup]:
+def safe_cleanup(
+    request: pytest.FixtureRequest, safe_cleanup_engine: Engine
+) -> Iterator[SafeCleanup]:
     """Register this test's data for cleanup; it runs through the five layers at teardown."""
     state = _state(request.config)
     _guard_engine(state, safe_cleanup_engine)

@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
 STATUSES = ("dry", "deleted", "held", "refused", "failed", "kept")
 logger = logging.getLogger("pytest_safe_cleanup")
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class TargetInfo:
     verdict: str
     reasons: tuple[str, ...]
     note: str = ""
+    used: bool = False
 
 
 @dataclass
@@ -58,33 +63,55 @@ class Report:
     def add_target(self, key: str, info: TargetInfo) -> None:
         """Record a target's verdict (computed once per session)."""
         if key not in self.targets:
-            logger.info("target %s (%s): %s: %s", info.name, info.url, info.verdict,
-                        "; ".join(info.reasons))
+            logger.info(
+                "target %s (%s): %s: %s", info.name, info.url, info.verdict, "; ".join(info.reasons)
+            )
         self.targets[key] = info
+
+    def use_target(self, key: str) -> None:
+        """Mark a target that a fixture or a cleanup used, so the summary lists it."""
+        if key in self.targets:
+            self.targets[key] = replace(self.targets[key], used=True)
+
+    def shown_targets(self) -> list[TargetInfo]:
+        """Targets the plugin used, and any other target that was not plainly allowed."""
+        return [t for t in self.targets.values() if t.used or t.verdict != "ALLOW"]
 
     def add(self, outcomes: Iterable[Outcome]) -> None:
         """Record outcomes and log each one."""
         for o in outcomes:
             self.cleanups.append(o)
             log = logger.warning if o.status in ("held", "refused", "failed") else logger.info
-            log("%s %s %s: counted=%s deleted=%s %s", o.status, o.nodeid, o.table or o.target,
-                o.counted, o.deleted, o.reason)
+            log(
+                "%s %s %s: counted=%s deleted=%s %s",
+                o.status,
+                o.nodeid,
+                o.table or o.target,
+                o.counted,
+                o.deleted,
+                o.reason,
+            )
 
     def totals(self) -> dict[str, Any]:
-        """Counted and deleted rows per table, and cleanups per status."""
-        tables: dict[str, dict[str, int]] = {}
+        """Counted and deleted rows per table, and cleanups per status.
+
+        ``deleted`` stays None where nothing was applied, so a dry run never reads as
+        "0 deleted" next to rows that are still there.
+        """
+        tables: dict[str, dict[str, int | None]] = {}
         statuses = dict.fromkeys(STATUSES, 0)
         for o in self.cleanups:
             statuses[o.status] = statuses.get(o.status, 0) + 1
             if o.table is None:
                 continue
-            key = f"{o.target}.{o.table}"
-            row = tables.setdefault(key, {"counted": 0, "deleted": 0})
-            row["counted"] += o.counted or 0
-            row["deleted"] += o.deleted or 0
+            row = tables.setdefault(f"{o.target}.{o.table}", {"counted": 0, "deleted": None})
+            row["counted"] = (row["counted"] or 0) + (o.counted or 0)
+            if o.deleted is not None:
+                row["deleted"] = (row["deleted"] or 0) + o.deleted
+        deleted = [r["deleted"] for r in tables.values() if r["deleted"] is not None]
         return {
-            "counted": sum(r["counted"] for r in tables.values()),
-            "deleted": sum(r["deleted"] for r in tables.values()),
+            "counted": sum(r["counted"] or 0 for r in tables.values()),
+            "deleted": sum(deleted) if deleted else None,
             "tables": tables,
             "statuses": statuses,
         }
@@ -96,9 +123,14 @@ class Report:
             "mode": self.mode,
             "run_id": self.run_id,
             "targets": [
-                {"name": t.name, "url": t.url, "verdict": t.verdict, "reasons": list(t.reasons),
-                 "note": t.note}
-                for t in self.targets.values()
+                {
+                    "name": t.name,
+                    "url": t.url,
+                    "verdict": t.verdict,
+                    "reasons": list(t.reasons),
+                    "note": t.note,
+                }
+                for t in self.shown_targets()
             ],
             "cleanups": [asdict(o) for o in self.cleanups],
             "notes": list(self.notes),
@@ -122,7 +154,7 @@ class Report:
         elif self.mode == "dry":
             lines.append("dry run: nothing was deleted; counts show what apply would delete")
         lines.extend(self.notes)
-        for t in self.targets.values():
+        for t in self.shown_targets():
             lines.append(f"target {t.name} {t.url}: {t.verdict}")
             lines.extend(f"  - {r}" for r in t.reasons)
             if t.note:
@@ -132,9 +164,9 @@ class Report:
             width = max(len(k) for k in totals["tables"])
             lines.append(f"{'table'.ljust(width)}  {'counted':>8}  {'deleted':>8}")
             for key, row in totals["tables"].items():
-                lines.append(f"{key.ljust(width)}  {row['counted']:>8}  {row['deleted']:>8}")
+                lines.append(f"{key.ljust(width)}  {row['counted']:>8}  {_n(row['deleted']):>8}")
             lines.append(
-                f"{'total'.ljust(width)}  {totals['counted']:>8}  {totals['deleted']:>8}"
+                f"{'total'.ljust(width)}  {totals['counted']:>8}  {_n(totals['deleted']):>8}"
             )
         elif self.mode != "off":
             lines.append("no cleanup was registered")
@@ -149,10 +181,9 @@ class Report:
             for o in self.cleanups:
                 if o.table is None:
                     continue
-                deleted = "-" if o.deleted is None else str(o.deleted)
                 lines.append(
                     f"  {o.nodeid}: {o.target}.{o.table} counted {o.counted} "
-                    f"deleted {deleted} [{o.status}]"
+                    f"deleted {_n(o.deleted)} [{o.status}]"
                 )
         lines.extend(f"warning: {w}" for w in self.warnings)
         return lines
@@ -160,14 +191,14 @@ class Report:
     def markdown(self) -> str:
         """A Markdown version of the summary for ``GITHUB_STEP_SUMMARY``."""
         out = [f"### safe cleanup: {self.mode}", ""]
-        for t in self.targets.values():
+        for t in self.shown_targets():
             out.append(f"- target `{t.name}` `{t.url}`: **{t.verdict}** ({'; '.join(t.reasons)})")
         totals = self.totals()
         if totals["tables"]:
             out += ["", "| table | counted | deleted |", "| --- | ---: | ---: |"]
             for key, row in totals["tables"].items():
-                out.append(f"| `{key}` | {row['counted']} | {row['deleted']} |")
-            out.append(f"| **total** | {totals['counted']} | {totals['deleted']} |")
+                out.append(f"| `{key}` | {row['counted']} | {_n(row['deleted'])} |")
+            out.append(f"| **total** | {totals['counted']} | {_n(totals['deleted'])} |")
         problems = self._problems()
         if problems:
             out += ["", "| status | test | reason |", "| --- | --- | --- |"]

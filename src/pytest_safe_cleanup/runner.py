@@ -55,6 +55,7 @@ class Guardian:
         self.verdicts: dict[str, tuple[Target, Verdict]] = {}
         self.on_verdict: Callable[[Target, Verdict], None] | None = None
         self.on_block: Callable[[Blocked], None] | None = None
+        self.on_use: Callable[[Target], None] | None = None
         self._installed = False
 
     # -- pure parts ----------------------------------------------------------
@@ -96,7 +97,9 @@ class Guardian:
             verdict = evaluate(self.environment, target, stamp, self.settings)
         except SQLAlchemyError as exc:
             base = self.static_verdict(target)
-            reason = Reason(Level.CONFIRM, "stamp", f"the stamp could not be read: {first_line(exc)}")
+            reason = Reason(
+                Level.CONFIRM, "stamp", f"the stamp could not be read: {first_line(exc)}"
+            )
             verdict = Verdict(max(base.level, Level.CONFIRM), (*base.reasons, reason))
         finally:
             if conn.in_transaction():
@@ -114,6 +117,8 @@ class Guardian:
                 if not self._installed:
                     self._on_connect(conn)
         target, verdict = self.verdicts[key]
+        if self.on_use is not None:
+            self.on_use(target)
         if verdict.level is Level.BLOCK:
             raise Blocked(target, verdict)
         return target, verdict
@@ -180,7 +185,9 @@ class Conductor:
         self.prompt = prompt
         self.intents = IntentBook()
 
-    def finish(self, entries: list[tuple[Engine, list[Registration]]], ctx: TestContext) -> list[str]:
+    def finish(
+        self, entries: list[tuple[Engine, list[Registration]]], ctx: TestContext
+    ) -> list[str]:
         """Clean every engine's registrations; return the errors that fail the teardown."""
         mode = effective_mode(self.settings.mode, ctx.mode)
         if mode == "off":
@@ -190,19 +197,24 @@ class Conductor:
             try:
                 outcomes = self._one(engine, registrations, ctx, mode)
             except Blocked as blocked:
-                outcomes = [Outcome(ctx.nodeid, blocked.target.name, None, None, None,
-                                    "refused", str(blocked))]
+                outcomes = [
+                    Outcome(
+                        ctx.nodeid, blocked.target.name, None, None, None, "refused", str(blocked)
+                    )
+                ]
             except (RegistrationError, executor.ExecutionError) as exc:
                 name = self.guardian.target(engine.url).name
                 outcomes = [Outcome(ctx.nodeid, name, None, None, None, "failed", str(exc))]
             except SQLAlchemyError as exc:
                 name = self.guardian.target(engine.url).name
-                reason = (f"cleanup failed and was rolled back, nothing was deleted: "
-                          f"{first_line(exc)}")
+                reason = (
+                    f"cleanup failed and was rolled back, nothing was deleted: {first_line(exc)}"
+                )
                 outcomes = [Outcome(ctx.nodeid, name, None, None, None, "failed", reason)]
             self.report.add(outcomes)
             errors.extend(
-                f"safe-cleanup: {o.reason}" for o in outcomes
+                f"safe-cleanup: {o.reason}"
+                for o in outcomes
                 if o.status in ("held", "refused", "failed") and o.reason
             )
         return list(dict.fromkeys(errors))
@@ -217,14 +229,25 @@ class Conductor:
         plan = build_plan(registrations)
         target, verdict = self.guardian.check(engine)
 
-        def outcomes(counts: list[executor.TableCount], status: str, reason: str = "",
-                     backup: str | None = None) -> list[Outcome]:
-            return [Outcome(ctx.nodeid, target.name, c.table, c.counted, c.deleted, status,
-                            reason, backup) for c in counts]
+        def outcomes(
+            counts: list[executor.TableCount],
+            status: str,
+            reason: str = "",
+            backup: str | None = None,
+        ) -> list[Outcome]:
+            return [
+                Outcome(
+                    ctx.nodeid, target.name, c.table, c.counted, c.deleted, status, reason, backup
+                )
+                for c in counts
+            ]
 
         if self.settings.keep == "failed" and ctx.failed:
-            return outcomes(self._count(engine, plan), "kept",
-                            "the test failed: its data is kept for inspection (safe_cleanup_keep = failed)")
+            return outcomes(
+                self._count(engine, plan),
+                "kept",
+                "the test failed: its data is kept for inspection (safe_cleanup_keep = failed)",
+            )
         if mode == "dry":
             reason = ""
             if verdict.level is Level.CONFIRM:
@@ -244,12 +267,18 @@ class Conductor:
                 "was deleted; set safe_cleanup_backup = none to apply without a backup"
             )
         max_rows = ctx.max_rows if ctx.max_rows is not None else self.settings.max_rows
-        done, location = executor.apply(engine, plan, verdict=verdict, max_rows=max_rows,
-                                        backup=None)
+        done, location = executor.apply(
+            engine, plan, verdict=verdict, max_rows=max_rows, backup=None
+        )
         return outcomes(done, "deleted", decision.reason, location)
 
 
 def target_info(target: Target, verdict: Verdict, note: str = "") -> TargetInfo:
     """A target's line in the report."""
-    return TargetInfo(target.name, target.masked_url, verdict.level.name,
-                      tuple(r.text for r in verdict.reasons), note)
+    return TargetInfo(
+        target.name,
+        target.masked_url,
+        verdict.level.name,
+        tuple(r.text for r in verdict.reasons),
+        note,
+    )

@@ -41,15 +41,15 @@ def read_stamp(conn: Connection) -> str | None:
             "JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase "
             "WHERE d.datname = current_database() AND s.setrole = 0"
         ).first()
-        for item in (row[0] if row and row[0] else []):
+        for item in row[0] if row and row[0] else []:
             key, _, value = str(item).partition("=")
             if key == SETTING and value.strip():
                 return value.strip().lower()
         return None
     if not conn.dialect.has_table(conn, STAMP_TABLE):
         return None
-    value = conn.execute(text(f"SELECT environment FROM {STAMP_TABLE}")).scalar()
-    return str(value).strip().lower() if value else None
+    stored = conn.execute(text(f"SELECT environment FROM {STAMP_TABLE}")).scalar()
+    return str(stored).strip().lower() if stored else None
 
 
 def write_stamp(conn: Connection, environment: str) -> None:

@@ -73,14 +73,17 @@ def mask_text(text: str) -> str:
     return f"{scheme}://{creds}@{tail}"
 
 
+_SECRET_KEYS = ("password", "passwd", "pwd")
+
+
+def _without_secrets(url: URL) -> URL:
+    secret = {k: "***" for k in url.query if k.lower() in _SECRET_KEYS}
+    return url.update_query_dict(secret) if secret else url
+
+
 def mask_url(url: URL) -> str:
     """Render a URL with its password (and password-like query values) hidden."""
-    hidden = url.set(password="***") if url.password else url
-    if any(k.lower() in ("password", "passwd", "pwd") for k in hidden.query):
-        hidden = hidden.update_query_dict(
-            {k: "***" for k in hidden.query if k.lower() in ("password", "passwd", "pwd")}
-        )
-    return hidden.render_as_string(hide_password=False)
+    return _without_secrets(url).render_as_string(hide_password=True)
 
 
 def _is_loopback(host: str) -> bool:
@@ -95,9 +98,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _classify_host(
-    host: str, allowed_hosts: tuple[str, ...], origin: str
-) -> tuple[str, str]:
+def _classify_host(host: str, allowed_hosts: tuple[str, ...], origin: str) -> tuple[str, str]:
     if host.startswith("/") or host.startswith("@"):
         return "local", f"unix socket {host}{origin}"
     if origin == QUERY_ORIGIN:
@@ -176,7 +177,7 @@ def database_name(url: URL) -> str:
 
 def target_key(url: URL) -> str:
     """A password-free identity for caching verdicts per target."""
-    return url.set(password=None).render_as_string(hide_password=True)
+    return _without_secrets(url.set(password=None)).render_as_string(hide_password=True)
 
 
 def from_url(

@@ -1,0 +1,104 @@
+"""Shared test fixtures: a real PostgreSQL server, throwaway databases, example projects.
+
+Every pytester run is a subprocess, as users run pytest, so that the plugin's
+process-wide watch on engines never leaks between runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "conftest_examples"
+DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+#: variables that would change the plugin's decisions inside a pytester run
+CLEARED = ("ENVIRONMENT", "SAFE_CLEANUP_MODE", "SAFE_CLEANUP_URL", "SAFE_CLEANUP_RUN_ID",
+           "PYTEST_ADDOPTS", "GITHUB_STEP_SUMMARY", "PYTEST_XDIST_WORKER")
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """Runs in a clean environment: CI as in CI, no stray plugin settings."""
+    for name in CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CI", "true")
+    return pytester
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """A PostgreSQL server where tests may create databases."""
+    url = os.environ.get("SAFE_CLEANUP_POSTGRES_URL", DEFAULT_SERVER)
+    engine = create_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        if os.environ.get("SAFE_CLEANUP_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL required but unreachable at {url}: {exc}")
+        pytest.skip(f"no PostgreSQL server at {url}")
+    finally:
+        engine.dispose()
+    return url
+
+
+class PgDatabases:
+    """Creates throwaway databases on the server and drops them afterwards."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+        self.created: list[str] = []
+
+    def create(self, prefix: str = "sct") -> str:
+        """A new empty database; returns its URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self.admin.connect() as conn:
+            for name in self.created:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+@pytest.fixture
+def pg_databases(pg_server_url: str) -> Iterator[PgDatabases]:
+    dbs = PgDatabases(pg_server_url)
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture
+def pg_url(pg_databases: PgDatabases) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return pg_databases.create()
+
+
+def copy_examples(pytester: pytest.Pytester) -> Path:
+    """The example suite copied into the pytester project, as a user would have it."""
+    for item in EXAMPLES.iterdir():
+        if item.suffix == ".py":
+            shutil.copy(item, pytester.path / item.name)
+    return pytester.path
+
+
+def count_rows(url: str, table: str) -> int:
+    engine: Engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    finally:
+        engine.dispose()

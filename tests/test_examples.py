@@ -1,0 +1,75 @@
+"""The example suite, run as a user runs it: counts in the summary equal the rows made."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import copy_examples, count_rows
+
+EXPECTED = {"client_accounts": 4, "users": 10, "assets": 5}
+
+
+def _run(pytester: pytest.Pytester, url: str, *args: str) -> pytest.RunResult:
+    copy_examples(pytester)
+    return pytester.runpytest_subprocess(
+        "--safe-cleanup-url", url, "--safe-cleanup-report", "report.json", *args
+    )
+
+
+def _tables(pytester: pytest.Pytester) -> dict[str, dict[str, int]]:
+    report = json.loads((pytester.path / "report.json").read_text())
+    return {k.split(".")[-1]: v for k, v in report["totals"]["tables"].items()}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_dry_run_counts_what_the_tests_made_and_keeps_it(
+    pytester: pytest.Pytester, backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{pytester.path / 'demo.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    result = _run(pytester, url, "--safe-cleanup=dry")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines([
+        "*= safe cleanup =*",
+        "mode: dry (--safe-cleanup)*",
+        "*.assets * 5 * -",
+        "*.users * 10 * -",
+        "*.client_accounts * 4 * -",
+    ])
+    assert {k: v["counted"] for k, v in _tables(pytester).items()} == EXPECTED
+    for table, n in EXPECTED.items():
+        assert count_rows(url, table) == n, f"dry run must not delete from {table}"
+
+
+def test_dry_is_the_default(pytester: pytest.Pytester) -> None:
+    url = f"sqlite:///{pytester.path / 'demo.db'}"
+    result = _run(pytester, url)
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["safe-cleanup: mode=dry (default)*", "mode: dry (default)*"])
+    assert count_rows(url, "users") == 10
+
+
+def test_apply_removes_exactly_the_registered_rows(pytester: pytest.Pytester, pg_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    # Rows that no test registered must survive apply.
+    engine = create_engine(pg_url)
+    copy_examples(pytester)
+    pytester.makeini("[pytest]\nsafe_cleanup_backup = none\n")
+    result = pytester.runpytest_subprocess(
+        "--safe-cleanup-url", pg_url, "--safe-cleanup=apply", "--safe-cleanup-report", "r.json",
+        "-p", "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=4)
+    tables = json.loads((pytester.path / "r.json").read_text())["totals"]["tables"]
+    assert {k.split(".")[-1]: v for k, v in tables.items()} == {
+        t: {"counted": n, "deleted": n} for t, n in EXPECTED.items()
+    }
+    with engine.begin() as conn:
+        for table in EXPECTED:
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0
+    engine.dispose()
