@@ -144,7 +144,12 @@ class Report:
         path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n")
 
     def _problems(self) -> list[Outcome]:
-        return [o for o in self.cleanups if o.status in ("held", "refused", "failed", "kept")]
+        """Cleanups that did not run as asked, once per test, target and reason."""
+        seen: dict[tuple[str, str, str, str], Outcome] = {}
+        for o in self.cleanups:
+            if o.status in ("held", "refused", "failed", "kept"):
+                seen.setdefault((o.nodeid, o.target, o.status, o.reason), o)
+        return list(seen.values())
 
     def terminal_lines(self, verbose: bool = False) -> list[str]:
         """The ``safe cleanup`` section of the terminal summary."""
@@ -175,8 +180,7 @@ class Report:
             lines.append(f"backups written: {len(backups)}")
             lines.extend(f"  {b}" for b in backups)
         for o in self._problems():
-            where = f" {o.table}" if o.table else ""
-            lines.append(f"{o.status.upper()} {o.nodeid} ({o.target}{where}): {o.reason}")
+            lines.append(f"{o.status.upper()} {o.nodeid} ({o.target}): {o.reason}")
         if verbose:
             for o in self.cleanups:
                 if o.table is None:
