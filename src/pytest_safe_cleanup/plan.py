@@ -8,12 +8,26 @@ Nothing here formats SQL by hand: every name is quoted by SQLAlchemy.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from sqlalchemy import Column, MetaData, Table, TableClause, and_, column, inspect, or_, true
+from sqlalchemy import (
+    Column,
+    ForeignKeyConstraint,
+    MetaData,
+    Table,
+    TableClause,
+    and_,
+    column,
+    inspect,
+    or_,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchTableError
@@ -86,11 +100,16 @@ def _table_of(target: Any) -> Table | None:
 
 
 class TableResolver:
-    """Resolves table names by reflection, once per engine and name."""
+    """Resolves table names by reflection, once per engine and name.
+
+    Kept for the whole session: teardown runs once per test, and reflecting the
+    same tables again for each test would cost round-trips for nothing.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.metadata = MetaData()
+        self._schemas: dict[str | None, MetaData] = {}
 
     def resolve(self, target: Any, conn: Connection | None = None) -> Table:
         """A Table from a Table, an ORM class or a (``schema.``)table name."""
@@ -116,6 +135,115 @@ class TableResolver:
                 f"table {target!r} does not exist in {mask_url(self.engine.url)}: "
                 "check the name (and schema) or create the table before registering its cleanup"
             ) from None
+
+    def schema_tables(self, schema: str | None) -> MetaData:
+        """Every table of one schema, reflected once: where cascades find children."""
+        if schema not in self._schemas:
+            metadata = MetaData()
+            with self.engine.connect() as conn:
+                metadata.reflect(bind=conn, schema=schema)
+            self._schemas[schema] = metadata
+        return self._schemas[schema]
+
+    def referencing(self, table: Table) -> list[tuple[Table, ForeignKeyConstraint]]:
+        """Each (table, foreign key) in the database that references ``table``."""
+        found = []
+        for candidate in self.schema_tables(table.schema).tables.values():
+            for fk in candidate.foreign_key_constraints:
+                referred = fk.referred_table
+                if referred.name == table.name and referred.schema == table.schema:
+                    found.append((candidate, fk))
+        return sorted(found, key=lambda pair: (pair[0].fullname, pair[1].name or ""))
+
+    def reflected(self, table: Table) -> Table:
+        """The reflected twin of a Table (all of its real columns)."""
+        twin = self.schema_tables(table.schema).tables.get(table.fullname)
+        if twin is None:
+            raise RegistrationError(f"table {table.fullname!r} does not exist in the database")
+        return twin
+
+
+_cte_names = itertools.count(1)
+
+
+def _columns(table: Table, names: Sequence[str], resolver: TableResolver) -> list[Any]:
+    if all(n in table.c for n in names):
+        return [table.c[n] for n in names]
+    twin = resolver.reflected(table)
+    return [twin.c[n] for n in names]
+
+
+def _membership(local: list[Any], subquery: Any) -> ColumnElement[bool]:
+    if len(local) == 1:
+        return local[0].in_(subquery)  # type: ignore[no-any-return]
+    return tuple_(*local).in_(subquery)
+
+
+def _self_closure(
+    table: Table, condition: ColumnElement[bool], fk: ForeignKeyConstraint, resolver: TableResolver
+) -> ColumnElement[bool]:
+    """Rows matching ``condition`` and, transitively, the rows that reference them.
+
+    Follows a self-referencing foreign key with a recursive CTE; UNION stops on cycles.
+    """
+    ref_names = [e.column.name for e in fk.elements]
+    child_names = [c.name for c in fk.columns]
+    refs = _columns(table, ref_names, resolver)
+    tree = (
+        select(*refs)
+        .where(condition)
+        .cte(f"sc_tree_{next(_cte_names)}", recursive=True, nesting=True)
+    )
+    alias = resolver.reflected(table).alias()
+    step = select(*(alias.c[n] for n in ref_names)).where(
+        and_(*(alias.c[c] == tree.c[r] for c, r in zip(child_names, ref_names, strict=True)))
+    )
+    tree = tree.union(step)
+    return _membership(refs, select(*(tree.c[n] for n in ref_names)))
+
+
+def cascade_registrations(
+    resolver: TableResolver, root: Registration, limit: int = 32
+) -> list[Registration]:
+    """``root`` and every row that references its rows through foreign keys, transitively.
+
+    Each referencing table gets its own registration (so it is counted and backed up
+    on its own line); conditions are sub-selects of the parent's condition, evaluated
+    before anything is deleted because the plan removes children first.
+    """
+    result: list[Registration] = []
+
+    def visit(reg: Registration, path: tuple[str, ...]) -> None:
+        if len(result) >= limit * 8:
+            raise RegistrationError(
+                f"cascade from {root.table.fullname!r} reaches too many foreign-key paths: "
+                "register the tables explicitly"
+            )
+        table, condition = reg.table, reg.condition
+        children = resolver.referencing(table)
+        for _, fk in children:
+            if fk.referred_table.fullname == fk.parent.fullname:
+                condition = _self_closure(table, condition, fk, resolver)
+        result.append(replace(reg, condition=condition))
+        for child, fk in children:
+            if child.fullname == table.fullname or child.fullname in path:
+                continue
+            parent_cols = _columns(table, [e.column.name for e in fk.elements], resolver)
+            local = [child.c[c.name] for c in fk.columns]
+            child_condition = _membership(local, select(*parent_cols).where(condition))
+            visit(
+                replace(
+                    reg,
+                    table=child,
+                    condition=child_condition,
+                    all_rows=False,
+                    description=f"references {table.fullname}",
+                ),
+                (*path, table.fullname),
+            )
+
+    visit(root, ())
+    return result
 
 
 def build_condition(
@@ -214,11 +342,15 @@ def order_children_first(tables: Iterable[Table]) -> list[Table]:
     A self-reference is fine (one statement removes parent and child rows together);
     a cycle between two or more tables cannot be ordered and is refused.
     """
-    by_name = {t.fullname: t for t in sorted(tables, key=lambda t: t.fullname)}
+    by_name: dict[str, Table] = {}
+    parents: dict[str, set[str]] = {}
+    for t in sorted(tables, key=lambda t: t.fullname):  # same-named Tables: keys of all count
+        by_name.setdefault(t.fullname, t)
+        parents.setdefault(t.fullname, set()).update(_parents(t))
     # graphlib emits a node after its predecessors: a parent's predecessors are its children.
     graph: dict[str, set[str]] = {name: set() for name in by_name}
-    for name, table in by_name.items():
-        for parent in (_parents(table) & by_name.keys()) - {name}:
+    for name in by_name:
+        for parent in (parents[name] & by_name.keys()) - {name}:
             graph[parent].add(name)
     try:
         order = list(TopologicalSorter(graph).static_order())
@@ -240,7 +372,7 @@ def build_plan(registrations: Sequence[Registration]) -> Plan:
         if not any(t is reg.table for t in same):
             same.append(reg.table)
     steps = []
-    for table in order_children_first(same[0] for same in tables.values()):
+    for table in order_children_first(t for same in tables.values() for t in same):
         same = tables[table.fullname]
         shared = _shared_clause(same) if len(same) > 1 else None
         conds = [
@@ -311,28 +443,29 @@ class SafeCleanup:
 
         ``target`` is a Table, an ORM class or a table name (reflected). Conditions
         are SQLAlchemy expressions and ``column=value`` pairs (a list means IN).
+        ``cascade=True`` also takes every row that references these through foreign
+        keys, transitively, found from the database's schema.
         """
-        if cascade:
-            raise RegistrationError(
-                "cascade=True is not available in this version: register each table's rows "
-                "(children and parents) with their own delete()"
-            )
-        table = self._book.resolver(self.engine).resolve(target)
+        resolver = self._book.resolver(self.engine)
+        table = resolver.resolve(target)
         check_table_allowed(table)
         condition = build_condition(table, where, equals, all_rows)
         nodeid, confirms = self._context()
-        self._book.add(
-            self.engine,
-            Registration(table, condition, all_rows, cascade, nodeid, confirms),
-        )
+        registration = Registration(table, condition, all_rows, cascade, nodeid, confirms)
+        if not cascade:
+            self._book.add(self.engine, registration)
+            return
+        for reg in cascade_registrations(resolver, registration):
+            check_table_allowed(reg.table)
+            self._book.add(self.engine, reg)
 
 
 class RegistrationBook:
     """Registrations grouped per engine, in the order engines were first used."""
 
-    def __init__(self) -> None:
+    def __init__(self, resolvers: dict[int, TableResolver] | None = None) -> None:
         self._entries: dict[int, tuple[Engine, list[Registration]]] = {}
-        self._resolvers: dict[int, TableResolver] = {}
+        self._resolvers = {} if resolvers is None else resolvers
 
     def resolver(self, engine: Engine) -> TableResolver:
         """The reflection cache of one engine."""

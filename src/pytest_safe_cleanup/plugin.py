@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import intent
-from .plan import RegistrationBook, SafeCleanup
+from .plan import RegistrationBook, SafeCleanup, TableResolver
 from .providers import DisposableDatabase, ProviderUnavailable, start_disposable
 from .report import Report
 from .runner import Blocked, Conductor, Guardian, TestContext, first_line, target_info
@@ -101,6 +101,7 @@ class State:
         self.conductor = Conductor(
             settings, self.guardian, self.report, interactive=self.interactive, prompt=self.prompt
         )
+        self.resolvers: dict[int, TableResolver] = {}
         self.current_nodeid = ""
         self.current_confirms: frozenset[str] = frozenset()
         self.default_target: Target | None = None
@@ -324,16 +325,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def _guard_engine(state: State, engine: Engine) -> None:
     """Refuse a BLOCK target before the test touches it, and stop the session."""
     __tracebackhide__ = True
+    # pytest.fail is called outside the except blocks: inside, pytest would print the
+    # refusal twice ("During handling of the above exception, another exception occurred").
+    message = None
     try:
         state.guardian.check(engine)
     except Blocked as blocked:
-        pytest.fail(str(blocked), pytrace=False)
+        message = str(blocked)
     except SQLAlchemyError as exc:
-        pytest.fail(
+        message = (
             f"safe-cleanup: cannot connect to {state.guardian.target(engine.url).masked_url}: "
-            f"{first_line(exc)}; check the URL and that the database is running",
-            pytrace=False,
+            f"{first_line(exc)}; check the URL and that the database is running"
         )
+    if message is not None:
+        pytest.fail(message, pytrace=False)
 
 
 def _finish(state: State, book: RegistrationBook, node: pytest.Item | None) -> None:
@@ -418,7 +423,7 @@ def safe_cleanup(
     """Register this test's data for cleanup; it runs through the five layers at teardown."""
     state = _state(request.config)
     _guard_engine(state, safe_cleanup_engine)
-    book = RegistrationBook()
+    book = RegistrationBook(state.resolvers)
     node = request.node if isinstance(request.node, pytest.Item) else None
     yield _make_cleanup(state, safe_cleanup_engine, book, node)
     _finish(state, book, node)
@@ -431,7 +436,7 @@ def safe_cleanup_session(
     """The same API at session scope: the cleanup runs at session end."""
     state = _state(request.config)
     _guard_engine(state, safe_cleanup_engine)
-    book = RegistrationBook()
+    book = RegistrationBook(state.resolvers)
     yield _make_cleanup(state, safe_cleanup_engine, book, None)
     _finish(state, book, None)
 

@@ -259,6 +259,10 @@ class Conductor:
             target, verdict, interactive=self.interactive, confirms=confirms, prompt=self.prompt
         )
         if not decision.proceed:
+            info = self.report.targets.get(target.key)
+            if decision.status == "dry" and info is not None and not info.note:
+                # declined at the prompt: the target's summary line says it stayed dry
+                self.report.targets[target.key] = replace(info, note=decision.reason)
             return outcomes(self._count(engine, plan), decision.status, decision.reason)
         backup = ctx.backup or self.settings.backup
         if backup != "none":

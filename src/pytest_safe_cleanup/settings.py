@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 MODES = ("dry", "apply", "off")
@@ -118,6 +119,14 @@ def _positive_int(value: Any, where: str) -> int:
     return number
 
 
+def _path(value: Any, where: str) -> Path | None:
+    if value is None:
+        return None
+    if not str(value).strip():
+        raise SettingsError(f"{where}: give a path, not an empty value")
+    return Path(str(value).strip())
+
+
 def _words(value: Any) -> tuple[str, ...]:
     """Split ini values given as one line, several lines or a TOML list."""
     items = [value] if isinstance(value, str) else list(value)
@@ -147,7 +156,11 @@ def resolve(
     for name, (dest, var, key, default) in _SPEC.items():
         value, source = default, "default"
         for kind, k, mapping in (("cli", dest, cli), ("env", var, env), ("ini", key, ini)):
-            if k is not None and _is_set(mapping.get(k)):
+            if k is None:
+                continue
+            given = mapping.get(k)
+            # An option given on the command line counts even when falsy (``--x=``).
+            if (given is not None) if kind == "cli" else _is_set(given):
                 value = mapping[k]
                 source = _describe(kind, k)
                 break
@@ -178,14 +191,14 @@ def resolve(
         allowed_hosts=_words(raw["allowed_hosts"]),
         max_rows=_positive_int(raw["max_rows"], where("max_rows")),
         backup=_choice("backup", raw["backup"], BACKUPS, where("backup")),
-        backup_dir=Path(raw["backup_dir"]) if raw["backup_dir"] is not None else None,
+        backup_dir=_path(raw["backup_dir"], where("backup_dir")),
         backup_keep=_positive_int(raw["backup_keep"], where("backup_keep")),
         keep=_choice("keep", raw["keep"], KEEPS, where("keep")),
         unguarded=_choice("unguarded", raw["unguarded"], UNGUARDED, where("unguarded")),
         watch=_choice("watch", raw["watch"], WATCHES, where("watch")),
         postgres=postgres,
         postgres_image=str(raw["postgres_image"]).strip(),
-        report=Path(raw["report"]) if raw["report"] is not None else None,
+        report=_path(raw["report"], where("report")),
         run_id=str(raw["run_id"]).strip() if raw["run_id"] is not None else None,
-        sources=sources,
+        sources=MappingProxyType(sources),
     )

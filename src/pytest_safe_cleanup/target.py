@@ -59,6 +59,12 @@ def parse_url(url: str | URL) -> URL:
             f"could not parse {shown!r} as a database URL ({exc}); "
             "use the form dialect+driver://user:password@host:port/database"
         ) from None
+    host = parsed.host or ""
+    if host.count("[") != host.count("]"):  # SQLAlchemy accepts "host=[bad" as a name
+        raise TargetError(
+            f"could not parse {mask_text(text)!r} as a database URL (unbalanced brackets "
+            f"in host {host!r}); use the form dialect+driver://user:password@host:port/database"
+        )
     return parsed
 
 
@@ -139,13 +145,21 @@ def classify(
     query_host = _query_value(url.query, "host")
     if backend == "postgresql":
         hosts = []
-        if query_host:
+        # libpq connects to hostaddr (query, else PGHOSTADDR) whatever host says.
+        query_addr = _query_value(url.query, "hostaddr")
+        if query_addr:
+            hosts = [(h, QUERY_ORIGIN) for h in query_addr.split(",") if h]
+        elif environ.get("PGHOSTADDR"):
+            hosts = [(h, " (from PGHOSTADDR)") for h in environ["PGHOSTADDR"].split(",") if h]
+        elif query_host:
             hosts = [(h, QUERY_ORIGIN) for h in query_host.split(",") if h]
         elif url.host:
             hosts = [(url.host, "")]
-        elif environ.get("PGHOSTADDR") or environ.get("PGHOST"):
-            value = environ.get("PGHOSTADDR") or environ.get("PGHOST", "")
-            hosts = [(h, " (from PGHOST)") for h in value.split(",") if h]
+        elif environ.get("PGHOST"):
+            hosts = [(h, " (from PGHOST)") for h in environ["PGHOST"].split(",") if h]
+        service = _query_value(url.query, "service") or environ.get("PGSERVICE")
+        if not hosts and service:
+            return "remote", f"the host comes from the pg_service.conf service {service!r}"
         if not hosts:
             return "local", "default unix socket"
         results = [_classify_host(h, allowed_hosts, origin) for h, origin in hosts]
@@ -177,7 +191,9 @@ def database_name(url: URL) -> str:
 
 def target_key(url: URL) -> str:
     """A password-free identity for caching verdicts per target."""
-    return _without_secrets(url.set(password=None)).render_as_string(hide_password=True)
+    bare = URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
+                      url.query)
+    return _without_secrets(bare).render_as_string(hide_password=True)
 
 
 def from_url(

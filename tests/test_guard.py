@@ -1,0 +1,414 @@
+"""Layer 1 as a table: environment x target x stamp x name -> verdict and the rules that fired."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pytest_safe_cleanup import guard, target
+from pytest_safe_cleanup.guard import Level, read_environment
+from pytest_safe_cleanup.settings import Settings, resolve
+
+LOCAL = "postgresql+psycopg://app@localhost:5432/app_test"
+REMOTE = "postgresql+psycopg://app@db.example.com:5432/app_test"
+DEFAULTS = resolve({}, {}, {})
+
+
+def verdict(
+    environ: dict[str, str],
+    url: str,
+    stamp: str | None = None,
+    settings: Settings = DEFAULTS,
+) -> guard.Verdict:
+    environment = read_environment(settings.env_vars, environ)
+    tgt = target.from_url(url, settings.allowed_hosts, environ)
+    return guard.evaluate(environment, tgt, stamp, settings)
+
+
+def rules(v: guard.Verdict) -> set[str]:
+    """The rules at the verdict's level: the ones that decided it."""
+    return {r.rule for r in v.deciding}
+
+
+# --- process environment x host -------------------------------------------------------------
+
+ENV_CASES = [
+    # (ENVIRONMENT value or None, url, level, deciding rules)
+    (" Production ", LOCAL, Level.BLOCK, {"environment"}),
+    (" Production ", REMOTE, Level.BLOCK, {"environment"}),
+    ("PROD", LOCAL, Level.BLOCK, {"environment"}),
+    ("PROD", REMOTE, Level.BLOCK, {"environment"}),
+    ("stg", LOCAL, Level.BLOCK, {"environment"}),
+    ("stg", REMOTE, Level.BLOCK, {"environment"}),
+    ("staging", LOCAL, Level.BLOCK, {"environment"}),
+    ("staging", REMOTE, Level.BLOCK, {"environment"}),
+    ("live", LOCAL, Level.BLOCK, {"environment"}),
+    ("live", REMOTE, Level.BLOCK, {"environment"}),
+    ("qa", LOCAL, Level.CONFIRM, {"environment"}),
+    ("qa", REMOTE, Level.CONFIRM, {"environment", "host"}),
+    ("uat", LOCAL, Level.CONFIRM, {"environment"}),
+    ("uat", REMOTE, Level.CONFIRM, {"environment", "host"}),
+    ("test", LOCAL, Level.ALLOW, {"environment", "host"}),
+    ("test", REMOTE, Level.CONFIRM, {"host"}),
+    ("ci", LOCAL, Level.ALLOW, {"environment", "host"}),
+    ("ci", REMOTE, Level.CONFIRM, {"host"}),
+    ("TEST", LOCAL, Level.ALLOW, {"environment", "host"}),
+    (None, LOCAL, Level.ALLOW, {"environment", "host"}),
+    (None, REMOTE, Level.CONFIRM, {"environment", "host"}),
+    ("", REMOTE, Level.CONFIRM, {"environment", "host"}),
+    ("   ", LOCAL, Level.ALLOW, {"environment", "host"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "url", "level", "fired"),
+    ENV_CASES,
+    ids=[f"{v!r}-{'local' if u == LOCAL else 'remote'}" for v, u, *_ in ENV_CASES],
+)
+def test_environment_and_host(value: str | None, url: str, level: Level, fired: set[str]) -> None:
+    environ = {} if value is None else {"ENVIRONMENT": value}
+    v = verdict(environ, url)
+    assert v.level is level, v.reasons
+    assert rules(v) == fired
+    assert v.explain()  # a person always gets words, whatever the level
+
+
+def test_environment_reason_names_variable_and_normalised_value() -> None:
+    v = verdict({"ENVIRONMENT": " Production "}, LOCAL)
+    (reason,) = v.deciding
+    assert reason.rule == "environment"
+    assert "ENVIRONMENT='production'" in reason.text
+    assert "blocked" in reason.text
+
+
+def test_unset_environment_reason_names_the_variables_checked() -> None:
+    settings = resolve({}, {}, {"safe_cleanup_env_vars": ["APP_ENV", "ENVIRONMENT"]})
+    v = verdict({}, REMOTE, settings=settings)
+    env_reason = next(r for r in v.reasons if r.rule == "environment")
+    assert env_reason.level is Level.CONFIRM
+    assert "APP_ENV/ENVIRONMENT is not set" in env_reason.text
+
+
+# --- several variables: the first non-empty wins ------------------------------------------
+
+MULTI = resolve({}, {}, {"safe_cleanup_env_vars": "APP_ENV ENVIRONMENT"})
+MULTI_CASES = [
+    # (environ, variable that decides, value, level on a local target)
+    ({"APP_ENV": "", "ENVIRONMENT": "production"}, "ENVIRONMENT", "production", Level.BLOCK),
+    ({"APP_ENV": "  ", "ENVIRONMENT": "production"}, "ENVIRONMENT", "production", Level.BLOCK),
+    ({"APP_ENV": "test", "ENVIRONMENT": "production"}, "APP_ENV", "test", Level.ALLOW),
+    ({"APP_ENV": "Staging", "ENVIRONMENT": "test"}, "APP_ENV", "staging", Level.BLOCK),
+    ({"ENVIRONMENT": "qa"}, "ENVIRONMENT", "qa", Level.CONFIRM),
+    ({"APP_ENV": "", "ENVIRONMENT": ""}, None, None, Level.ALLOW),
+]
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable", "value", "level"),
+    MULTI_CASES,
+    ids=[
+        "APP_ENV-empty-falls-to-ENVIRONMENT",
+        "APP_ENV-blank-falls-to-ENVIRONMENT",
+        "APP_ENV-first-wins",
+        "APP_ENV-blocked-beats-allowed-ENVIRONMENT",
+        "only-ENVIRONMENT",
+        "both-empty-is-unset",
+    ],
+)
+def test_first_non_empty_variable(
+    environ: dict[str, str], variable: str | None, value: str | None, level: Level
+) -> None:
+    environment = read_environment(MULTI.env_vars, environ)
+    assert (environment.variable, environment.value) == (variable, value)
+    assert environment.checked == ("APP_ENV", "ENVIRONMENT")
+    assert verdict(environ, LOCAL, settings=MULTI).level is level
+
+
+# --- the database's own stamp ---------------------------------------------------------------
+
+STAMP_CASES = [
+    # (id, environ, url, stamp, level, deciding rules)
+    (
+        "production-beats-test-env-and-localhost",
+        {"ENVIRONMENT": "test"},
+        LOCAL,
+        "production",
+        Level.BLOCK,
+        {"stamp"},
+    ),
+    ("production-unset-env-localhost", {}, LOCAL, "production", Level.BLOCK, {"stamp"}),
+    ("stamp-is-normalised", {"ENVIRONMENT": "test"}, LOCAL, " PROD ", Level.BLOCK, {"stamp"}),
+    (
+        "disposable-makes-remote-pass",
+        {"ENVIRONMENT": "test"},
+        REMOTE,
+        "disposable",
+        Level.ALLOW,
+        {"environment", "host", "stamp"},
+    ),
+    (
+        "disposable-remote-env-unset",
+        {},
+        REMOTE,
+        "disposable",
+        Level.ALLOW,
+        {"environment", "host", "stamp"},
+    ),
+    (
+        "disposable-does-not-lift-qa-env",
+        {"ENVIRONMENT": "qa"},
+        REMOTE,
+        "disposable",
+        Level.CONFIRM,
+        {"environment"},
+    ),
+    (
+        "disposable-does-not-lift-production-env",
+        {"ENVIRONMENT": "production"},
+        REMOTE,
+        "disposable",
+        Level.BLOCK,
+        {"environment"},
+    ),
+    ("qa-confirms", {"ENVIRONMENT": "test"}, LOCAL, "qa", Level.CONFIRM, {"stamp"}),
+    (
+        "test-allows",
+        {"ENVIRONMENT": "test"},
+        LOCAL,
+        "test",
+        Level.ALLOW,
+        {"environment", "host", "stamp"},
+    ),
+    (
+        "test-does-not-make-remote-local",
+        {"ENVIRONMENT": "test"},
+        REMOTE,
+        "test",
+        Level.CONFIRM,
+        {"host"},
+    ),
+    (
+        "empty-stamp-is-none",
+        {"ENVIRONMENT": "test"},
+        LOCAL,
+        "",
+        Level.ALLOW,
+        {"environment", "host"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("environ", "url", "stamp", "level", "fired"),
+    [c[1:] for c in STAMP_CASES],
+    ids=[c[0] for c in STAMP_CASES],
+)
+def test_stamp(
+    environ: dict[str, str], url: str, stamp: str, level: Level, fired: set[str]
+) -> None:
+    v = verdict(environ, url, stamp)
+    assert v.level is level, v.reasons
+    assert rules(v) == fired
+
+
+def test_blocked_stamp_reason_says_what_the_database_is_stamped() -> None:
+    v = verdict({"ENVIRONMENT": "test"}, LOCAL, "production")
+    (reason,) = v.deciding
+    assert reason.rule == "stamp"
+    assert "stamped 'production'" in reason.text
+
+
+# --- the database name ----------------------------------------------------------------------
+
+NAME_CASES = [
+    # (url, level on a local target with ENVIRONMENT=test, blocked token or None)
+    ("postgresql+psycopg://app@localhost/orders_prod", Level.BLOCK, "prod"),
+    ("postgresql+psycopg://app@localhost/product_catalog", Level.ALLOW, None),
+    ("postgresql+psycopg://app@localhost/app-staging", Level.BLOCK, "staging"),
+    ("postgresql+psycopg://app@localhost/App_Live_Copy", Level.BLOCK, "live"),
+    ("postgresql+psycopg://app@localhost/reproduce", Level.ALLOW, None),
+    ("postgresql+psycopg://app@localhost/prodigy", Level.ALLOW, None),
+    ("sqlite:////tmp/data/prod.db", Level.BLOCK, "prod"),
+    ("sqlite:////tmp/production/app.db", Level.ALLOW, None),  # the folder is not the name
+    ("sqlite:///reproduce.db", Level.ALLOW, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "level", "token"),
+    NAME_CASES,
+    ids=[
+        "orders_prod",
+        "product_catalog",
+        "app-staging",
+        "App_Live_Copy",
+        "reproduce",
+        "prodigy",
+        "sqlite-prod.db",
+        "sqlite-production-folder",
+        "sqlite-reproduce.db",
+    ],
+)
+def test_database_name(url: str, level: Level, token: str | None) -> None:
+    v = verdict({"ENVIRONMENT": "test"}, url)
+    assert v.level is level, v.reasons
+    name_reasons = [r for r in v.reasons if r.rule == "name"]
+    if token is None:
+        assert name_reasons == []
+    else:
+        assert rules(v) == {"name"}
+        (reason,) = name_reasons
+        assert f"blocked token {token!r}" in reason.text
+
+
+# --- custom lists ---------------------------------------------------------------------------
+
+CUSTOM = resolve(
+    {},
+    {},
+    {
+        "safe_cleanup_blocked_environments": "preprod\nprd",
+        "safe_cleanup_allowed_environments": ["qa", "Review"],
+    },
+)
+CUSTOM_CASES = [
+    # (id, environ, url, stamp, level, deciding rules)
+    ("custom-blocked-env", {"ENVIRONMENT": "preprod"}, LOCAL, None, Level.BLOCK, {"environment"}),
+    (
+        "custom-allowed-env",
+        {"ENVIRONMENT": "qa"},
+        LOCAL,
+        None,
+        Level.ALLOW,
+        {"environment", "host"},
+    ),
+    (
+        "custom-allowed-is-lower-cased",
+        {"ENVIRONMENT": "REVIEW"},
+        LOCAL,
+        None,
+        Level.ALLOW,
+        {"environment", "host"},
+    ),
+    (
+        "default-allowed-replaced",
+        {"ENVIRONMENT": "test"},
+        LOCAL,
+        None,
+        Level.CONFIRM,
+        {"environment"},
+    ),
+    ("custom-blocked-stamp", {"ENVIRONMENT": "qa"}, LOCAL, "preprod", Level.BLOCK, {"stamp"}),
+    (
+        "custom-allowed-stamp",
+        {"ENVIRONMENT": "qa"},
+        LOCAL,
+        "review",
+        Level.ALLOW,
+        {"environment", "host", "stamp"},
+    ),
+    (
+        "custom-blocked-name-token",
+        {"ENVIRONMENT": "qa"},
+        "postgresql+psycopg://app@localhost/orders_preprod",
+        None,
+        Level.BLOCK,
+        {"name"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("environ", "url", "stamp", "level", "fired"),
+    [c[1:] for c in CUSTOM_CASES],
+    ids=[c[0] for c in CUSTOM_CASES],
+)
+def test_custom_lists(
+    environ: dict[str, str], url: str, stamp: str | None, level: Level, fired: set[str]
+) -> None:
+    v = verdict(environ, url, stamp, settings=CUSTOM)
+    assert v.level is level, v.reasons
+    assert rules(v) == fired
+
+
+def test_custom_allowed_host_glob_makes_a_service_host_local() -> None:
+    settings = resolve({}, {}, {"safe_cleanup_allowed_hosts": "postgres"})
+    url = "postgresql+psycopg://app@postgres:5432/app_test"
+    assert verdict({"ENVIRONMENT": "test"}, url, settings=settings).level is Level.ALLOW
+    assert verdict({"ENVIRONMENT": "test"}, url).level is Level.CONFIRM
+
+
+# --- BLOCK wins over everything -------------------------------------------------------------
+
+BLOCK_CASES = [
+    # (id, environ, url, stamp, disposable target, deciding rules)
+    (
+        "name-beats-allowed-env-local-disposable-stamp",
+        {"ENVIRONMENT": "test"},
+        "sqlite:////tmp/prod.db",
+        "disposable",
+        False,
+        {"name"},
+    ),
+    (
+        "stamp-beats-disposable-provider-target",
+        {"ENVIRONMENT": "test"},
+        LOCAL,
+        "production",
+        True,
+        {"stamp"},
+    ),
+    (
+        "env-beats-disposable-provider-target",
+        {"ENVIRONMENT": "live"},
+        LOCAL,
+        "test",
+        True,
+        {"environment"},
+    ),
+    (
+        "all-three-fire",
+        {"ENVIRONMENT": "prod"},
+        "postgresql+psycopg://app@localhost/orders_prod",
+        "staging",
+        False,
+        {"environment", "stamp", "name"},
+    ),
+    (
+        "block-beats-confirm",
+        {"ENVIRONMENT": "qa"},
+        "postgresql+psycopg://app@db.example.com/app_stg",
+        "uat",
+        False,
+        {"name"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("environ", "url", "stamp", "disposable", "fired"),
+    [c[1:] for c in BLOCK_CASES],
+    ids=[c[0] for c in BLOCK_CASES],
+)
+def test_block_wins(
+    environ: dict[str, str], url: str, stamp: str, disposable: bool, fired: set[str]
+) -> None:
+    environment = read_environment(DEFAULTS.env_vars, environ)
+    tgt = dataclasses.replace(target.from_url(url, (), environ), disposable=disposable)
+    v = guard.evaluate(environment, tgt, stamp, DEFAULTS)
+    assert v.level is Level.BLOCK
+    assert rules(v) == fired
+    # every reason that contributed is kept, the passing ones too
+    assert {r.rule for r in v.reasons} >= {"environment", "host"}
+    assert all(r.text in v.explain() for r in v.deciding)
+
+
+def test_evaluate_is_pure_and_repeatable() -> None:
+    environment = read_environment(("ENVIRONMENT",), {"ENVIRONMENT": "qa"})
+    tgt = target.from_url(REMOTE, (), {})
+    first = guard.evaluate(environment, tgt, "uat", DEFAULTS)
+    assert guard.evaluate(environment, tgt, "uat", DEFAULTS) == first
+    assert tgt.disposable is False
+    guard.evaluate(environment, tgt, "disposable", DEFAULTS)
+    assert tgt.disposable is False  # a disposable stamp does not change the caller's target

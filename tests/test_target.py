@@ -1,0 +1,281 @@
+"""Where a cleanup would run: host class, database name and a password-free URL, as a table."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_safe_cleanup import target
+from pytest_safe_cleanup.target import TargetError
+
+GLOBS = ("postgres", "*.svc.cluster.local")
+
+HOST_CASES = [
+    # (id, url, environ, host_class, words in the reason)
+    ("localhost", "postgresql+psycopg://u@localhost:5432/db", {}, "local", "loopback"),
+    ("LOCALHOST-upper", "postgresql+psycopg://u@LOCALHOST/db", {}, "local", "loopback"),
+    ("127.0.0.1", "postgresql+psycopg://u@127.0.0.1:5432/db", {}, "local", "loopback"),
+    ("127.0.0.2", "postgresql+psycopg://u@127.0.0.2/db", {}, "local", "loopback"),
+    ("::1-bracketed-url", "postgresql://u@[::1]:5432/db", {}, "local", "loopback"),
+    (
+        "unix-socket-in-query",
+        "postgresql+psycopg://u@/db?host=/var/run/postgresql",
+        {},
+        "local",
+        "unix socket /var/run/postgresql",
+    ),
+    ("empty-host-default-socket", "postgresql+psycopg://u@/db", {}, "local", "default unix socket"),
+    (
+        "empty-host-PGHOST-remote",
+        "postgresql+psycopg://u@/db",
+        {"PGHOST": "db.example.com"},
+        "remote",
+        "from PGHOST",
+    ),
+    (
+        "empty-host-PGHOST-socket",
+        "postgresql+psycopg://u@/db",
+        {"PGHOST": "/tmp"},
+        "local",
+        "unix socket /tmp",
+    ),
+    (
+        "empty-host-PGHOSTADDR-remote",
+        "postgresql+psycopg://u@/db",
+        {"PGHOSTADDR": "10.1.2.3"},
+        "remote",
+        "from PGHOST",
+    ),
+    (
+        "url-host-beats-PGHOST",
+        "postgresql+psycopg://u@localhost/db",
+        {"PGHOST": "db.example.com"},
+        "local",
+        "loopback",
+    ),
+    # libpq connects to hostaddr whatever host says (checked against a real server)
+    (
+        "query-hostaddr-remote",
+        "postgresql+psycopg://u@/db?hostaddr=10.0.0.5",
+        {},
+        "remote",
+        "query string",
+    ),
+    (
+        "query-hostaddr-beats-socket",
+        "postgresql+psycopg://u@/db?host=/tmp&hostaddr=10.0.0.5",
+        {},
+        "remote",
+        "query string",
+    ),
+    (
+        "PGHOSTADDR-beats-url-localhost",
+        "postgresql+psycopg://u@localhost/db",
+        {"PGHOSTADDR": "10.0.0.5"},
+        "remote",
+        "from PGHOSTADDR",
+    ),
+    (
+        "PGHOSTADDR-loopback-local",
+        "postgresql+psycopg://u@db.example.com/db",
+        {"PGHOSTADDR": "127.0.0.1"},
+        "local",
+        "loopback",
+    ),
+    (
+        "service-in-query-remote",
+        "postgresql+psycopg://u@/db?service=main",
+        {},
+        "remote",
+        "pg_service.conf",
+    ),
+    (
+        "PGSERVICE-remote",
+        "postgresql+psycopg://u@/db",
+        {"PGSERVICE": "main"},
+        "remote",
+        "pg_service.conf",
+    ),
+    ("db.local-is-remote", "postgresql+psycopg://u@db.local/db", {}, "remote", "not local"),
+    ("10.0.0.5-is-remote", "postgresql+psycopg://u@10.0.0.5/db", {}, "remote", "not local"),
+    ("192.168.1.4-is-remote", "postgresql+psycopg://u@192.168.1.4/db", {}, "remote", "not local"),
+    (
+        "localhost.example.com-is-remote",
+        "postgresql+psycopg://u@localhost.example.com/db",
+        {},
+        "remote",
+        "not local",
+    ),
+    ("query-host-remote", "postgresql://u@/db?host=prod.example.com", {}, "remote", "query string"),
+    (
+        "query-host-localhost-still-remote",
+        "postgresql://u@/db?host=localhost",
+        {},
+        "remote",
+        "query string",
+    ),
+    (
+        "query-host-overrides-url-host",
+        "postgresql://u@localhost/db?host=prod.example.com",
+        {},
+        "remote",
+        "query string",
+    ),
+    (
+        "query-host-list-one-remote",
+        "postgresql://u@/db?host=/tmp,prod.example.com",
+        {},
+        "remote",
+        "query string",
+    ),
+    (
+        "glob-postgres",
+        "postgresql+psycopg://u@postgres:5432/db",
+        {},
+        "local",
+        "safe_cleanup_allowed_hosts",
+    ),
+    (
+        "glob-svc-cluster-local",
+        "postgresql+psycopg://u@pg.ns.svc.cluster.local/db",
+        {},
+        "local",
+        "'*.svc.cluster.local'",
+    ),
+    (
+        "glob-does-not-match-suffix",
+        "postgresql+psycopg://u@postgres.example.com/db",
+        {},
+        "remote",
+        "not local",
+    ),
+    ("sqlite-file", "sqlite:////tmp/app.db", {}, "local", "SQLite file"),
+    ("sqlite-relative-file", "sqlite:///app.db", {}, "local", "SQLite file"),
+    ("sqlite-memory", "sqlite://", {}, "local", "SQLite in memory"),
+    ("sqlite-memory-explicit", "sqlite:///:memory:", {}, "local", "SQLite in memory"),
+    ("mysql-localhost", "mysql+pymysql://u@localhost:3306/db", {}, "local", "loopback"),
+    ("mysql-remote", "mysql+pymysql://u@mysql.example.com/db", {}, "remote", "not local"),
+    (
+        "mysql-socket",
+        "mysql+pymysql://u@/db?unix_socket=/var/run/mysqld/mysqld.sock",
+        {},
+        "local",
+        "unix socket /var/run/mysqld/mysqld.sock",
+    ),
+    ("mysql-default-socket", "mysql+pymysql://u@/db", {}, "local", "default unix socket"),
+    (
+        "mariadb-service-name-not-in-globs",
+        "mariadb+pymysql://u@mysql/db",
+        {},
+        "remote",
+        "not local",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "host_class", "words"),
+    [c[1:] for c in HOST_CASES],
+    ids=[c[0] for c in HOST_CASES],
+)
+def test_host_class(url: str, environ: dict[str, str], host_class: str, words: str) -> None:
+    t = target.from_url(url, GLOBS, environ)
+    assert t.host_class == host_class, t.host_reason
+    assert t.is_local is (host_class == "local")
+    assert words in t.host_reason
+
+
+def test_classify_reads_the_given_environ_not_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHOST", "db.example.com")
+    assert target.from_url("postgresql+psycopg://u@/db", (), {}).is_local
+    assert not target.from_url("postgresql+psycopg://u@/db").is_local  # default: os.environ
+
+
+SECRET = "S3cr3t-pw"
+MASK_CASES = [
+    ("userinfo", f"postgresql+psycopg://app:{SECRET}@db.example.com:5432/orders"),
+    ("query-password", f"postgresql+psycopg://app@db.example.com/orders?password={SECRET}"),
+    ("query-PASSWORD-upper", f"postgresql://app@db.example.com/orders?PASSWORD={SECRET}"),
+    ("both", f"postgresql://app:{SECRET}@db.example.com/orders?password={SECRET}&sslmode=require"),
+    ("mysql-userinfo", f"mysql+pymysql://app:{SECRET}@localhost/orders"),
+]
+
+
+@pytest.mark.parametrize("url", [c[1] for c in MASK_CASES], ids=[c[0] for c in MASK_CASES])
+def test_password_never_in_masked_url_or_key(url: str) -> None:
+    t = target.from_url(url)
+    for shown in (t.masked_url, t.key, repr(t), t.host_reason):
+        assert SECRET not in shown
+    assert "db.example.com" in t.masked_url or "localhost" in t.masked_url
+    assert "orders" in t.masked_url
+    assert t.name == "orders"
+
+
+def test_same_target_same_key_whatever_the_password() -> None:
+    a = target.from_url(f"postgresql://app:{SECRET}@h/db")
+    b = target.from_url("postgresql://app:other@h/db")
+    assert a.key == b.key
+
+
+def test_other_query_values_are_kept_in_the_masked_url() -> None:
+    t = target.from_url(f"postgresql://app@h/db?password={SECRET}&sslmode=require")
+    assert "sslmode=require" in t.masked_url
+
+
+def test_unparseable_url_error_hides_the_password() -> None:
+    with pytest.raises(TargetError) as info:
+        target.from_url(f"not a url://app:{SECRET}@host/db")
+    message = str(info.value)
+    assert SECRET not in message
+    assert "dialect+driver://user:password@host:port/database" in message
+
+
+def test_empty_url_says_what_to_give() -> None:
+    with pytest.raises(TargetError, match="empty database URL"):
+        target.from_url("  ")
+
+
+NAME_CASES = [
+    ("sqlite-absolute", "sqlite:////tmp/some/dir/app.db", "app.db"),
+    ("sqlite-relative", "sqlite:///data/test.sqlite3", "test.sqlite3"),
+    ("sqlite-uri", "sqlite:///file:/tmp/x/orders.db?mode=rw&uri=true", "orders.db"),
+    ("sqlite-memory", "sqlite://", "memory"),
+    ("sqlite-memory-explicit", "sqlite:///:memory:", "memory"),
+    ("postgres", "postgresql+psycopg://u:pw@localhost:5432/orders_test", "orders_test"),
+    ("postgres-no-database-is-user", "postgresql+psycopg://alice@localhost", "alice"),
+    ("mysql", "mysql+pymysql://u@localhost/shop", "shop"),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "name"), [c[1:] for c in NAME_CASES], ids=[c[0] for c in NAME_CASES]
+)
+def test_database_name(url: str, name: str) -> None:
+    assert target.from_url(url).name == name
+
+
+def test_libpq_really_connects_to_hostaddr(pg_server_url: str) -> None:
+    """Why hostaddr decides the host class: the socket in host= is never used."""
+    from sqlalchemy import URL, create_engine, make_url, text
+
+    server = make_url(pg_server_url)
+    if server.get_backend_name() != "postgresql" or server.host != "127.0.0.1":
+        pytest.skip("needs the server on 127.0.0.1")
+    url = URL.create(
+        server.drivername,
+        username=server.username,
+        password=server.password,
+        database=server.database,
+        query={
+            "host": "/nonexistent-dir",
+            "hostaddr": "127.0.0.1",
+            "port": str(server.port or 5432),
+        },
+    )
+    assert url.host is None
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT inet_server_addr()")).scalar() is not None
+    finally:
+        engine.dispose()
+    assert not target.from_url(url, (), {}).is_local
