@@ -429,6 +429,8 @@ class SafeCleanup:
 
     def on(self, engine: Engine) -> SafeCleanup:
         """The same API for another database; its cleanup runs as its own plan."""
+        if self._book.on_engine is not None:
+            self._book.on_engine(engine)
         return SafeCleanup(engine, book=self._book, tag=self._tag, context=self._context)
 
     def delete(
@@ -463,9 +465,15 @@ class SafeCleanup:
 class RegistrationBook:
     """Registrations grouped per engine, in the order engines were first used."""
 
-    def __init__(self, resolvers: dict[int, TableResolver] | None = None) -> None:
+    def __init__(
+        self,
+        resolvers: dict[int, TableResolver] | None = None,
+        on_engine: Callable[[Engine], None] | None = None,
+    ) -> None:
         self._entries: dict[int, tuple[Engine, list[Registration]]] = {}
         self._resolvers = {} if resolvers is None else resolvers
+        #: told of every engine handed out through ``on()`` (the plugin watches them)
+        self.on_engine = on_engine
 
     def resolver(self, engine: Engine) -> TableResolver:
         """The reflection cache of one engine."""

@@ -113,7 +113,7 @@ class State:
 
     def _stop_session(self, blocked: Blocked) -> None:
         if self.session is not None:
-            self.session.shouldstop = f"safe-cleanup: {blocked}"
+            self.session.shouldstop = str(blocked)
 
     def next_tag(self) -> str:
         """A token unique to one test in this run, across xdist workers."""
@@ -309,6 +309,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     state.current_confirms = _marker_options(item)[0]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    guardian = _state(item.config).guardian
+    guardian.current_test = item.nodeid
+    try:
+        return (yield)
+    finally:
+        guardian.current_test = None
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -325,6 +335,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def _guard_engine(state: State, engine: Engine) -> None:
     """Refuse a BLOCK target before the test touches it, and stop the session."""
     __tracebackhide__ = True
+    state.guardian.watch(engine)
     # pytest.fail is called outside the except blocks: inside, pytest would print the
     # refusal twice ("During handling of the above exception, another exception occurred").
     message = None
@@ -423,7 +434,7 @@ def safe_cleanup(
     """Register this test's data for cleanup; it runs through the five layers at teardown."""
     state = _state(request.config)
     _guard_engine(state, safe_cleanup_engine)
-    book = RegistrationBook(state.resolvers)
+    book = RegistrationBook(state.resolvers, state.guardian.watch)
     node = request.node if isinstance(request.node, pytest.Item) else None
     yield _make_cleanup(state, safe_cleanup_engine, book, node)
     _finish(state, book, node)
@@ -436,7 +447,7 @@ def safe_cleanup_session(
     """The same API at session scope: the cleanup runs at session end."""
     state = _state(request.config)
     _guard_engine(state, safe_cleanup_engine)
-    book = RegistrationBook(state.resolvers)
+    book = RegistrationBook(state.resolvers, state.guardian.watch)
     yield _make_cleanup(state, safe_cleanup_engine, book, None)
     _finish(state, book, None)
 

@@ -1,16 +1,21 @@
 """The pipeline of one teardown: plan -> verdict -> intent -> executor -> outcomes.
 
 ``Guardian`` holds the session's verdicts (one per target) and watches every
-SQLAlchemy engine's connections, so a target that the guard blocks is refused
-wherever the engine came from. ``Conductor`` runs a test's registrations through the
-layers in order. Neither imports pytest: the plugin hands them what they need.
+SQLAlchemy engine in the process: an engine's first connection to a target that
+the guard blocks is refused, and every later statement that writes to it is
+stopped before it reaches the database, wherever the engine came from.
+``Conductor`` runs a test's registrations through the layers in order. Neither imports pytest: the plugin hands them what they need.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
+from weakref import WeakKeyDictionary, WeakSet
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -23,6 +28,7 @@ from .plan import Registration, RegistrationError, build_plan
 from .report import Outcome, Report, TargetInfo
 from .settings import Settings
 from .stamp import read_stamp
+from .statements import classify, shorten
 from .target import Target, from_url, target_key
 
 
@@ -36,6 +42,32 @@ class Blocked(RuntimeError):
             f"safe-cleanup refused {target.masked_url}: BLOCK: {verdict.explain()} "
             "(no flag, marker or mode overrides a BLOCK)"
         )
+
+
+class WriteRefused(RuntimeError):
+    """A statement that writes to a BLOCK target, stopped before it was sent."""
+
+
+class UnguardedStatement(RuntimeError):
+    """A DELETE, TRUNCATE or DROP that bypassed the plugin (safe_cleanup_unguarded = error)."""
+
+
+class UnguardedStatementWarning(UserWarning):
+    """A DELETE, TRUNCATE or DROP that bypassed the plugin (safe_cleanup_unguarded = warn)."""
+
+
+_INTERNAL = (os.sep + "sqlalchemy" + os.sep, os.path.dirname(__file__) + os.sep)
+
+
+def _caller_level() -> int:
+    """The stack level of the first frame outside SQLAlchemy and this package.
+
+    So a warning points at the user's line that sent the statement.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and any(part in frame.f_code.co_filename for part in _INTERNAL):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
 
 
 def first_line(exc: BaseException) -> str:
@@ -56,6 +88,12 @@ class Guardian:
         self.on_verdict: Callable[[Target, Verdict], None] | None = None
         self.on_block: Callable[[Blocked], None] | None = None
         self.on_use: Callable[[Target], None] | None = None
+        #: the nodeid of the test whose body runs now, None between tests
+        self.current_test: str | None = None
+        self._engines: WeakKeyDictionary[Engine, tuple[Target, Verdict]] = WeakKeyDictionary()
+        self._refused: WeakSet[Engine] = WeakSet()
+        self._watched: WeakSet[Engine] = WeakSet()
+        self._reported: set[tuple[str, str]] = set()
         self._installed = False
 
     # -- pure parts ----------------------------------------------------------
@@ -123,25 +161,79 @@ class Guardian:
             raise Blocked(target, verdict)
         return target, verdict
 
+    def watch(self, engine: Engine) -> None:
+        """An engine the plugin handed out: its unguarded deletes are reported."""
+        self._watched.add(engine)
+
     def _on_connect(self, conn: Connection) -> None:
+        __tracebackhide__ = True
         target, verdict = self.verdict_for(conn)
-        if verdict.level is Level.BLOCK:
+        engine = conn.engine
+        self._engines[engine] = (target, verdict)
+        if verdict.level is Level.BLOCK and engine not in self._refused:
+            # The engine's first connection errors (the test stops, the session stops);
+            # anything later on this engine may read, never write.
+            self._refused.add(engine)
             conn.close()
             blocked = Blocked(target, verdict)
             if self.on_block is not None:
                 self.on_block(blocked)
             raise blocked
 
+    def _before_execute(
+        self,
+        conn: Connection,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        __tracebackhide__ = True
+        known = self._engines.get(conn.engine)
+        blocked = known is not None and known[1].level is Level.BLOCK
+        test = self.current_test
+        watched = (
+            test is not None
+            and self.settings.unguarded != "ignore"
+            and (self.settings.watch == "all" or conn.engine in self._watched)
+        )
+        if not blocked and not watched:
+            return
+        kind = classify(statement)
+        if blocked and kind.writes and known is not None:
+            target, verdict = known
+            raise WriteRefused(
+                f"safe-cleanup stopped {kind.keyword} on {target.masked_url} before it was sent"
+                f"{f' (test {test})' if test else ''}: the target is read-only, BLOCK: "
+                f"{verdict.explain()}: {shorten(statement)}"
+            )
+        if not (watched and kind.destructive) or test is None:
+            return
+        if conn.get_execution_options().get(executor.EXECUTOR_OPTION):
+            return
+        message = (
+            f"{test}: {kind.keyword} sent outside safe_cleanup (no guard, count or backup): "
+            f"{shorten(statement)}; register it with safe_cleanup.delete() instead"
+        )
+        if self.settings.unguarded == "error":
+            raise UnguardedStatement(f"safe-cleanup: {message} (safe_cleanup_unguarded = error)")
+        if (test, statement) not in self._reported:
+            self._reported.add((test, statement))
+            warnings.warn(UnguardedStatementWarning(message), stacklevel=_caller_level())
+
     def install(self) -> None:
         """Watch every engine in the process, made by the plugin or not."""
         if not self._installed:
             event.listen(Engine, "engine_connect", self._on_connect)
+            event.listen(Engine, "before_cursor_execute", self._before_execute)
             self._installed = True
 
     def uninstall(self) -> None:
         """Stop watching (end of the pytest session)."""
         if self._installed:
             event.remove(Engine, "engine_connect", self._on_connect)
+            event.remove(Engine, "before_cursor_execute", self._before_execute)
             self._installed = False
 
 
