@@ -4,7 +4,8 @@
 SQLAlchemy engine in the process: an engine's first connection to a target that
 the guard blocks is refused, and every later statement that writes to it is
 stopped before it reaches the database, wherever the engine came from.
-``Conductor`` runs a test's registrations through the layers in order. Neither imports pytest: the plugin hands them what they need.
+``Conductor`` runs a test's registrations through the layers in order. Neither
+imports pytest: the plugin hands them what they need.
 """
 
 from __future__ import annotations
