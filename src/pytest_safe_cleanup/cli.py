@@ -1,8 +1,9 @@
-"""The ``safe-cleanup`` command: check a database's verdict and stamp its environment.
+"""The ``safe-cleanup`` command: check and stamp a database, restore and list backups.
 
 It reads the same ini keys as the plugin from the config file pytest would find, so a
 verdict seen here is the verdict a test run gets. Exit codes are part of the contract:
-``check`` exits 0/1/2 for ALLOW/CONFIRM/BLOCK, and every error (usage errors included)
+``check`` exits 0/1/2 for ALLOW/CONFIRM/BLOCK, ``restore`` exits 2 on a BLOCK target and
+1 when a CONFIRM target lacks ``--confirm``, and every error (usage errors included)
 exits 3 with one line on stderr, never a traceback.
 """
 
@@ -25,6 +26,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from .backup import BackupError, list_runs, read_backup, restore_backup
 from .guard import Level, Verdict, evaluate, read_environment
 from .settings import INI_HELP, LIST_INI, Settings, SettingsError, resolve
 from .stamp import SETTING, STAMP_TABLE, StampError, read_stamp, validate, write_stamp
@@ -394,6 +396,101 @@ def cmd_stamp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore_url(args: argparse.Namespace, recorded: str | None, source: str) -> str:
+    if args.url:
+        return str(args.url)
+    if recorded is None:
+        raise CliError(
+            f"the backup came from {source}, whose URL has a password that backups never "
+            "store: give the target with --url URL"
+        )
+    return recorded
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Put a rows backup back, after the guard's verdict on the target allows it."""
+    try:
+        backup = read_backup(args.path)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    url = _parse(_restore_url(args, backup.restore_url, backup.url))
+    _, settings = _settings(args)
+    stamp = with_connection(url, read_stamp)
+    target, verdict = verdict_for(url, settings, os.environ, stamp)
+    if verdict.level is Level.BLOCK:
+        print(
+            f"{PROG}: refused: restore into {target.masked_url} is blocked (BLOCK: "
+            f"{verdict.explain()}); no flag overrides a BLOCK",
+            file=sys.stderr,
+        )
+        return EXIT_CODES[Level.BLOCK]
+    if verdict.level is Level.CONFIRM and args.confirm != target.name:
+        given = f" (--confirm {args.confirm!r} names another database)" if args.confirm else ""
+        print(
+            f"{PROG}: restore into {target.masked_url} needs confirmation "
+            f"({verdict.explain()}){given}: add --confirm {target.name}",
+            file=sys.stderr,
+        )
+        return EXIT_CODES[Level.CONFIRM]
+    engine = _engine(url)
+    try:
+        result = restore_backup(
+            backup, engine, dry_run=args.dry_run, skip_existing=args.skip_existing
+        )
+    except BackupError as exc:
+        raise CliError(_scrub(str(exc), url)) from None
+    except SQLAlchemyError as exc:
+        raise CliError(
+            f"restore into {target.masked_url} failed and was rolled back, nothing was "
+            f"restored: {_db_message(exc, url)}"
+        ) from None
+    finally:
+        engine.dispose()
+    verb = "would restore" if result.dry_run else "restored"
+    print(f"{'dry run: ' if result.dry_run else ''}{args.path} -> {target.masked_url}")
+    width = max((len(name) for name in result.restored), default=5)
+    for name, n in result.restored.items():
+        line = f"  {name:<{width}}  {verb} {n}"
+        if result.skipped.get(name):
+            line += f", skipped {result.skipped[name]} existing"
+        if result.conflicts.get(name):
+            line += f", {result.conflicts[name]} conflicting (need --skip-existing)"
+        print(line)
+    print(f"{verb} {result.total} rows" + (" (nothing changed)" if result.dry_run else ""))
+    return 0
+
+
+def _backup_dir(args: argparse.Namespace) -> Path:
+    if args.dir is not None:
+        return Path(args.dir)
+    config, settings = _settings(args)
+    base = config.path.parent if config.path is not None else Path.cwd()
+    if settings.backup_dir is not None:
+        return base / settings.backup_dir
+    return base / ".safe-cleanup" / "backups"
+
+
+def cmd_backups(args: argparse.Namespace) -> int:
+    """List runs, oldest first, with their tables and row counts."""
+    folder = _backup_dir(args)
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"{folder} is not a directory")
+    runs = list_runs(folder)
+    if not runs:
+        print(f"no backups in {folder}")
+        return 0
+    print(f"backups in {folder}")
+    for run in runs:
+        when = run.modified.strftime("%Y-%m-%d %H:%M:%S UTC")
+        dumps = f", {len(run.dumps)} pg_dump" if run.dumps else ""
+        print(f"run {run.run_id}  {when}  {run.files} files{dumps}, {run.rows} rows")
+        for name, n in run.tables.items():
+            print(f"  {name:<32} {n:>8}")
+        for path in run.damaged:
+            print(f"  damaged: {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -434,7 +531,7 @@ def build_parser() -> ArgumentParser:
     )
     parser = ArgumentParser(
         prog=PROG,
-        description="Check or stamp a database for pytest-safe-cleanup.",
+        description="Check or stamp a database, restore or list backups (pytest-safe-cleanup).",
         parents=[config_options],
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
@@ -458,6 +555,36 @@ def build_parser() -> ArgumentParser:
         "--environment", required=True, metavar="NAME", help="e.g. production, staging, test"
     )
     stamp.set_defaults(func=cmd_stamp)
+    restore = commands.add_parser(
+        "restore",
+        parents=[config_options],
+        help="put the rows of a backup back (exit 2 on a BLOCK target, 1 without --confirm)",
+        description="Insert a rows backup parent-first in one transaction, guarded like cleanup.",
+    )
+    restore.add_argument("path", metavar="PATH", type=Path, help="a .jsonl rows backup")
+    restore.add_argument(
+        "--url", metavar="URL", help="target database (default: the backup's, without password)"
+    )
+    restore.add_argument(
+        "--dry-run", action="store_true", help="report what would be restored, change nothing"
+    )
+    restore.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep rows whose primary key exists and restore the rest (default: abort)",
+    )
+    restore.add_argument(
+        "--confirm", metavar="NAME", help="the database name, where the guard asks for it"
+    )
+    restore.set_defaults(func=cmd_restore)
+    backups = commands.add_parser(
+        "backups",
+        parents=[config_options],
+        help="list backup runs with their tables and row counts",
+        description="List backup runs (default folder: .safe-cleanup/backups next to the config).",
+    )
+    backups.add_argument("dir", metavar="DIR", nargs="?", type=Path, default=None)
+    backups.set_defaults(func=cmd_backups)
     return parser
 
 

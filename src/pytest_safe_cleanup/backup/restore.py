@@ -1,0 +1,210 @@
+"""Put a rows backup back: parent tables first, in one transaction, or not at all.
+
+Everything that can refuse is checked before the first insert: the file's checksum,
+that every table and column of the backup exists in the target (a backup restored
+into another schema stops here), and which rows already exist. A row whose primary
+key is already there is a conflict that aborts the whole restore unless
+``skip_existing`` says to keep the row in the database and skip the backup's copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, MetaData, Table, TableClause, column, insert, select, tuple_
+from sqlalchemy import table as table_clause
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.sql.elements import ColumnClause
+
+from ..target import mask_url
+from .format import Backup, BackupError, BackupTable, read_backup
+
+CHUNK = 500
+
+
+class RestoreConflict(BackupError):
+    """Rows of the backup already exist in the target; nothing was restored."""
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """Rows restored (or, in a dry run, that would be) and skipped, per table."""
+
+    path: Path
+    restored: dict[str, int]
+    skipped: dict[str, int]
+    conflicts: dict[str, int]  # existing rows found in a dry run without skip_existing
+    dry_run: bool
+
+    @property
+    def total(self) -> int:
+        """Rows restored, or that a dry run would restore."""
+        return sum(self.restored.values())
+
+
+@dataclass
+class _Prepared:
+    backup: BackupTable
+    clause: TableClause
+    columns: list[str]  # backup columns that are inserted (generated ones are not)
+    key: list[int]  # positions of the primary key in the backup's columns
+    rows: list[tuple[Any, ...]]
+
+
+def _bind_type(col: Any, typed: bool) -> Any:
+    if not typed:
+        return None  # hand the driver back exactly what it gave
+    if isinstance(col.type, JSON):
+        json_type = copy.copy(col.type)
+        json_type.none_as_null = True  # SQL NULL stays NULL, not JSON 'null'
+        return json_type
+    return col.type
+
+
+def _self_ordered(table: Table, bt: BackupTable) -> list[tuple[Any, ...]]:
+    """Rows ordered so that a row a self-reference points to is inserted before it."""
+    links = []
+    for fk in table.foreign_keys:
+        if fk.column.table is table and fk.parent.name in bt.columns:
+            links.append((bt.columns.index(fk.parent.name), bt.columns.index(fk.column.name)))
+    if not links:
+        return list(bt.rows)
+    pending = list(bt.rows)
+    ordered: list[tuple[Any, ...]] = []
+    placed: set[tuple[int, Any]] = set()
+    present = {(r, row[r]) for _, r in links for row in pending}
+    while pending:
+        ready = [
+            row
+            for row in pending
+            if all(
+                row[c] is None
+                or row[c] == row[r]
+                or (r, row[c]) in placed
+                or (r, row[c]) not in present
+                for c, r in links
+            )
+        ]
+        if not ready:  # a cycle: insert as is, the database reports what fails
+            ready = pending
+        ids = {id(row) for row in ready}
+        pending = [row for row in pending if id(row) not in ids]
+        ordered.extend(ready)
+        placed.update((r, row[r]) for _, r in links for row in ready)
+    return ordered
+
+
+def _prepare(conn: Connection, bt: BackupTable, typed: bool) -> _Prepared:
+    masked = mask_url(conn.engine.url)
+    try:
+        table = Table(bt.table, MetaData(), schema=bt.schema, autoload_with=conn)
+    except NoSuchTableError:
+        raise BackupError(
+            f"table {bt.name} of the backup does not exist in {masked}: the backup belongs to "
+            "another schema or database; nothing was restored"
+        ) from None
+    missing = [c for c in bt.columns if c not in table.c]
+    if missing:
+        raise BackupError(
+            f"table {bt.name} in {masked} has no column {', '.join(missing)} that the backup "
+            "holds: the backup belongs to another schema; nothing was restored"
+        )
+    generated = {c.name for c in table.c if c.computed is not None}
+    columns = [c for c in bt.columns if c not in generated]
+    binds: list[ColumnClause[Any]] = [column(c, _bind_type(table.c[c], typed)) for c in columns]
+    clause = table_clause(table.name, *binds, schema=table.schema)
+    key = [bt.columns.index(c.name) for c in table.primary_key.columns]
+    return _Prepared(bt, clause, columns, key, _self_ordered(table, bt))
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _existing(conn: Connection, prep: _Prepared) -> set[tuple[Any, ...]]:
+    """Primary keys of the backup's rows that are already in the target."""
+    if not prep.key:
+        return set()
+    names = [prep.backup.columns[i] for i in prep.key]
+    cols = [prep.clause.c[n] for n in names]
+    keys = list(dict.fromkeys(tuple(row[i] for i in prep.key) for row in prep.rows))
+    found: set[tuple[Any, ...]] = set()
+    for chunk in _chunks(keys, CHUNK):
+        if len(cols) == 1:
+            condition = cols[0].in_([k[0] for k in chunk])
+        else:
+            condition = tuple_(*cols).in_(list(chunk))
+        found.update(tuple(r) for r in conn.execute(select(*cols).where(condition)))
+    return found
+
+
+def restore(
+    path: Path, engine: Engine, *, dry_run: bool = False, skip_existing: bool = False
+) -> RestoreResult:
+    """Insert the backup's rows parent-first in one transaction; all or nothing.
+
+    ``dry_run`` reports what would be restored and what conflicts, and changes nothing.
+    """
+    backup = read_backup(Path(path))
+    return restore_backup(backup, engine, dry_run=dry_run, skip_existing=skip_existing)
+
+
+def restore_backup(
+    backup: Backup, engine: Engine, *, dry_run: bool = False, skip_existing: bool = False
+) -> RestoreResult:
+    """:func:`restore` for a backup already read."""
+    source = str(backup.header.get("dialect", ""))
+    masked = mask_url(engine.url)
+    if source and source != engine.dialect.name:
+        raise BackupError(
+            f"the backup was taken from a {source} database and {masked} is "
+            f"{engine.dialect.name}: restore it into a {source} database; nothing was restored"
+        )
+    typed = engine.dialect.name == "postgresql"
+    restored: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    conflicts: dict[str, int] = {}
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            prepared = [_prepare(conn, bt, typed) for bt in reversed(backup.tables)]
+            plans = []
+            for prep in prepared:
+                existing = _existing(conn, prep)
+                rows = [r for r in prep.rows if tuple(r[i] for i in prep.key) not in existing]
+                taken = len(prep.rows) - len(rows)
+                if taken and not skip_existing:
+                    conflicts[prep.backup.name] = taken
+                skipped[prep.backup.name] = taken if skip_existing else 0
+                restored[prep.backup.name] = len(rows)
+                plans.append((prep, rows))
+            if conflicts and not dry_run:
+                detail = ", ".join(f"{name} {n}" for name, n in conflicts.items())
+                raise RestoreConflict(
+                    f"rows of the backup already exist in {masked} ({detail} by primary key): "
+                    "nothing was restored; pass --skip-existing to keep the existing rows "
+                    "and restore the rest"
+                )
+            if not dry_run:
+                for prep, rows in plans:
+                    positions = [prep.backup.columns.index(c) for c in prep.columns]
+                    values = [
+                        {c: row[i] for c, i in zip(prep.columns, positions, strict=True)}
+                        for row in rows
+                    ]
+                    for chunk in _chunks(values, CHUNK):
+                        conn.execute(insert(prep.clause), list(chunk))
+        except BaseException:
+            transaction.rollback()
+            raise
+        if dry_run:
+            transaction.rollback()
+        else:
+            transaction.commit()
+    return RestoreResult(backup.path, restored, skipped, conflicts, dry_run)

@@ -1,0 +1,379 @@
+"""The backup folder: one subfolder per run, rows backups, and the audit log.
+
+A rows backup is written inside the deleting transaction, before the delete: the
+rows are selected with ``SELECT *`` (so columns no model maps are kept too), encoded,
+fsynced, then read back and checked against the counts before the caller may delete.
+Backups hold real data, so folders are 0700, files 0600, and the folder's top holds a
+``.gitignore`` of ``*`` as ``.pytest_cache`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import select, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..executor import TableCount
+from ..plan import Plan
+from ..target import Target
+from .codec import CodecError, encode
+from .format import FORMAT, VERSION, BackupError, dumps, read_backup
+
+GITIGNORE = "# Created by pytest-safe-cleanup: backups hold real data, never commit them.\n*\n"
+AUDIT = "audit.jsonl"
+RUN_MARKER = ".safe-cleanup-run"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """A verified backup: where it is, its rows (total and per table), its checksum."""
+
+    path: Path
+    rows: int
+    tables: dict[str, int]
+    sha256: str
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A file-name fragment: no separators, no leading dot, bounded length."""
+    name = _UNSAFE.sub("_", text).strip("._")[:limit]
+    return name or "x"
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a new file's directory entry durable, not just its content."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def restore_url(target: Target) -> str | None:
+    """The URL restore may reuse: only one that needs no password.
+
+    A relative SQLite path is made absolute, since restore may run from elsewhere.
+    """
+    if target.masked_url != target.key or "***" in target.key:
+        return None
+    url = make_url(target.key)
+    database = url.database or ""
+    relative = database not in ("", ":memory:") and not database.startswith("file:")
+    if url.get_backend_name() == "sqlite" and relative and not os.path.isabs(database):
+        url = url.set(database=os.path.abspath(database))
+    return url.render_as_string(hide_password=False)
+
+
+class BackupStore:
+    """Backups of one run (and worker) under ``root``; created on first write."""
+
+    def __init__(
+        self, root: Path, run_id: str, *, worker: str | None = None, keep: int = 20
+    ) -> None:
+        self.root = Path(root)
+        self.run_id = run_id
+        self.worker = worker
+        self.keep = keep
+        self.run_root = self.root / safe_name(run_id)
+        self.folder = self.run_root / safe_name(worker) if worker else self.run_root
+        self._ready = False
+        self._root_ready = False
+        self._counter = 0
+
+    # -- folders -------------------------------------------------------------
+    def _mkdir(self, path: Path, what: str) -> None:
+        try:
+            if path.exists() and not path.is_dir():
+                raise BackupError(
+                    f"backup folder {path} is not a directory: remove it or set "
+                    "safe_cleanup_backup_dir / --safe-cleanup-backup-dir to a folder"
+                )
+            if not path.is_dir():
+                path.mkdir(mode=0o700, parents=True)
+                os.chmod(path, 0o700)
+        except FileExistsError:
+            if not path.is_dir():
+                raise BackupError(f"backup folder {path} is not a directory") from None
+        except OSError as exc:
+            raise BackupError(
+                f"cannot create the {what} {path}: {_why(exc)}; nothing was deleted "
+                "(set safe_cleanup_backup_dir / --safe-cleanup-backup-dir to a writable folder)"
+            ) from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise BackupError(f"the {what} {path} is not writable; nothing was deleted")
+
+    def _ensure_root(self) -> None:
+        if self._root_ready:
+            return
+        self._mkdir(self.root, "backup folder")
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():
+            try:
+                self._write_new(ignore, GITIGNORE.encode())
+            except FileExistsError:
+                pass  # another worker wrote it
+            except OSError as exc:
+                raise BackupError(f"cannot write {ignore}: {_why(exc)}") from None
+        self._root_ready = True
+
+    def _ensure_run(self) -> None:
+        if self._ready:
+            return
+        self._ensure_root()
+        self._mkdir(self.run_root, "run backup folder")
+        with contextlib.suppress(FileExistsError, OSError):
+            self._write_new(self.run_root / RUN_MARKER, f"{self.run_id}\n".encode())
+        if self.folder != self.run_root:
+            self._mkdir(self.folder, "worker backup folder")
+        self.prune()
+        self._ready = True
+
+    def ensure_folder(self) -> Path:
+        """Create (once) and return this run's folder, e.g. for a pg_dump file."""
+        self._ensure_run()
+        return self.folder
+
+    def prune(self) -> list[Path]:
+        """Remove the oldest runs beyond ``keep``; never this run, never unmarked folders.
+
+        Only folders carrying the run marker are considered, so a backup folder pointed
+        at a directory with other content never loses that content.
+        """
+        runs = []
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return []
+        for entry in entries:
+            if entry == self.run_root or entry.is_symlink() or not entry.is_dir():
+                continue
+            marker = entry / RUN_MARKER
+            if marker.is_file():
+                with contextlib.suppress(OSError):
+                    runs.append((marker.stat().st_mtime, entry.name, entry))
+        runs.sort()
+        excess = len(runs) - max(self.keep - 1, 0)
+        removed = [entry for _, _, entry in runs[: max(excess, 0)]]
+        for entry in removed:
+            shutil.rmtree(entry, ignore_errors=True)
+        return removed
+
+    # -- files ---------------------------------------------------------------
+    def _open_new(self, path: Path) -> int:
+        """Create ``path`` (0600) for writing, never replacing or following anything."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        return os.open(path, flags, 0o600)
+
+    def _write_new(self, path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _next_path(self, nodeid: str) -> Path:
+        self._counter += 1
+        stem = safe_name(nodeid.replace("::", "-").replace("/", "-"))
+        return self.folder / f"{self._counter:04d}-{stem}-{uuid.uuid4().hex[:8]}.jsonl"
+
+    def write_rows(
+        self,
+        conn: Connection,
+        plan: Plan,
+        counts: list[TableCount],
+        *,
+        nodeid: str,
+        target: Target,
+    ) -> BackupInfo:
+        """Back up the rows ``plan`` would delete, inside the caller's open transaction.
+
+        Returns only once the file is fsynced and read back with the counted rows and
+        the checksum; any failure removes the partial file and raises BackupError.
+        """
+        expected = {c.table: c.counted for c in counts}
+        self._ensure_run()
+        path = self._next_path(nodeid)
+        try:
+            fd = self._open_new(path)
+        except OSError as exc:
+            raise BackupError(f"cannot create backup file {path}: {_why(exc)}") from None
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                digest, written = self._write(handle, conn, plan, nodeid, target)
+                handle.flush()
+                os.fsync(handle.fileno())
+            fsync_dir(self.folder)
+            backup = read_backup(path)
+            if backup.sha256 != digest or backup.counts != written:
+                raise BackupError(f"backup {path} read back differently from what was written")
+            if written != expected:
+                raise BackupError(
+                    f"the rows backed up ({_describe(written)}) differ from the rows counted "
+                    f"({_describe(expected)}): the data changed during cleanup"
+                )
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if isinstance(exc, BackupError):
+                raise BackupError(f"{exc}; nothing was deleted") from None
+            if isinstance(exc, OSError):
+                raise BackupError(
+                    f"could not write backup {path}: {_why(exc)}; nothing was deleted"
+                ) from None
+            if isinstance(exc, CodecError):
+                raise BackupError(
+                    f"cannot back up these rows exactly ({exc}); nothing was deleted: "
+                    "use safe_cleanup_backup = pg_dump for this database"
+                ) from None
+            if isinstance(exc, SQLAlchemyError):
+                detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                raise BackupError(
+                    f"could not read the rows to back up: {detail[0] if detail else exc}; "
+                    "nothing was deleted"
+                ) from None
+            raise
+        return BackupInfo(path, sum(written.values()), written, digest)
+
+    def _write(
+        self, handle: IO[bytes], conn: Connection, plan: Plan, nodeid: str, target: Target
+    ) -> tuple[str, dict[str, int]]:
+        sha = hashlib.sha256()
+
+        def put(line: bytes) -> None:
+            sha.update(line)
+            handle.write(line)
+
+        put(
+            dumps(
+                {
+                    "kind": "header",
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "dialect": conn.dialect.name,
+                    "url": target.masked_url,
+                    "restore_url": restore_url(target),
+                    "target": target.name,
+                    "run_id": self.run_id,
+                    "worker": self.worker,
+                    "nodeid": nodeid,
+                    "created": dt.datetime.now(dt.UTC).isoformat(),
+                    "tables": plan.tables,
+                }
+            )
+        )
+        written: dict[str, int] = {}
+        for step in plan.steps:
+            result = conn.execute(
+                select(text("*")).select_from(step.selectable).where(step.condition)
+            )
+            put(
+                dumps(
+                    {
+                        "kind": "table",
+                        "name": step.name,
+                        "table": step.table.name,
+                        "schema": step.table.schema,
+                        "columns": list(result.keys()),
+                    }
+                )
+            )
+            n = 0
+            for row in result:
+                put(dumps([encode(v) for v in row]))
+                n += 1
+            written[step.name] = n
+        body = sha.hexdigest()
+        footer = {"kind": "footer", "rows": written, "total": sum(written.values()), "sha256": body}
+        handle.write(dumps(footer))
+        return body, written
+
+    # -- audit ---------------------------------------------------------------
+    def audit(self, record: Mapping[str, Any]) -> None:
+        """Append one line to ``audit.jsonl``: one write, O_APPEND, fsynced, never rewritten."""
+        self._ensure_root()
+        path = self.root / AUDIT
+        line = (
+            json.dumps(dict(record), separators=(",", ":"), ensure_ascii=True, default=str) + "\n"
+        ).encode("ascii")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(0, "short write")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise BackupError(f"cannot append to the audit log {path}: {_why(exc)}") from None
+
+
+def _describe(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run's backups: files, rows per table, and files that failed verification."""
+
+    run_id: str
+    path: Path
+    files: int
+    tables: dict[str, int]
+    damaged: tuple[Path, ...]
+    dumps: tuple[Path, ...]
+    modified: dt.datetime
+
+    @property
+    def rows(self) -> int:
+        """Rows over every table."""
+        return sum(self.tables.values())
+
+
+def list_runs(root: Path) -> list[RunSummary]:
+    """Every run folder under ``root``, oldest first, with its backups verified."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = []
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        files = sorted(entry.rglob("*.jsonl"))
+        dumps_found = tuple(sorted(entry.rglob("*.dump")))
+        if not files and not dumps_found and not (entry / RUN_MARKER).is_file():
+            continue
+        tables: dict[str, int] = {}
+        damaged: list[Path] = []
+        for path in files:
+            try:
+                backup = read_backup(path)
+            except BackupError:
+                damaged.append(path)
+                continue
+            for name, n in backup.counts.items():
+                tables[name] = tables.get(name, 0) + n
+        modified = dt.datetime.fromtimestamp(entry.stat().st_mtime, dt.UTC)
+        runs.append(
+            RunSummary(entry.name, entry, len(files), tables, tuple(damaged), dumps_found, modified)
+        )
+    runs.sort(key=lambda r: (r.modified, r.run_id))
+    return runs

@@ -1,0 +1,660 @@
+"""Layer 4 against real databases: rows backups written in the deleting transaction,
+restored value for value; folders, retention, refusals; the pg_dump strategy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import stat
+import subprocess
+import uuid
+from decimal import Decimal
+from ipaddress import ip_address, ip_interface, ip_network
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    create_engine,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from pytest_safe_cleanup import executor, plan
+from pytest_safe_cleanup.backup import (
+    BackupError,
+    BackupStore,
+    RestoreConflict,
+    decode,
+    dump_database,
+    encode,
+    list_runs,
+    read_backup,
+    restore,
+)
+from pytest_safe_cleanup.backup.store import RUN_MARKER
+from pytest_safe_cleanup.guard import Level, Verdict
+from pytest_safe_cleanup.target import from_url
+
+ALLOW = Verdict(Level.ALLOW, ())
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def engine_for(url: str) -> Engine:
+    return create_engine(url, poolclass=NullPool)
+
+
+def rows_of(engine: Engine, table: str) -> list[tuple[Any, ...]]:
+    """Every row as the driver returns it (no SQLAlchemy types), ordered by id."""
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY id"))]
+
+
+def count(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def registration(table: str, *ids: int) -> plan.Registration:
+    """A registration through a Table that maps only ``id``: SELECT * must keep the rest."""
+    t = Table(table, MetaData(), Column("id", Integer, primary_key=True))
+    return plan.Registration(t, t.c.id.in_(ids))
+
+
+def apply_with_backup(
+    engine: Engine, store: BackupStore, regs: list[plan.Registration], nodeid: str = "t.py::x"
+) -> tuple[list[executor.TableCount], Path]:
+    """Apply as the runner does: the store writes inside executor.apply's transaction."""
+    target = from_url(engine.url)
+    written: list[Path] = []
+
+    def hook(conn: Any, p: plan.Plan, counts: list[executor.TableCount]) -> str:
+        info = store.write_rows(conn, p, counts, nodeid=nodeid, target=target)
+        written.append(info.path)
+        return str(info.path)
+
+    done, location = executor.apply(
+        engine, plan.build_plan(regs), verdict=ALLOW, max_rows=10000, backup=hook
+    )
+    assert location == str(written[0])
+    return done, written[0]
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exact equality: same types, NaN equal to NaN, the same UTC offsets."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, float | Decimal):
+        return repr(a) == repr(b)
+    if isinstance(a, dt.datetime | dt.time):
+        return a == b and a.utcoffset() == b.utcoffset() and a.tzinfo == b.tzinfo
+    return bool(a == b)
+
+
+def assert_same_rows(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]) -> None:
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        for i, (x, y) in enumerate(zip(old, new, strict=True)):
+            assert same(x, y), f"row {old[0]} column {i}: {x!r} != {y!r}"
+
+
+# ---------------------------------------------------------------------------- codec
+
+CODEC_VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -(2**63),
+    2**63,
+    -(10**5000),
+    1.5,
+    -0.0,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    Decimal("1.10"),
+    Decimal("NaN"),
+    Decimal("-Infinity"),
+    Decimal("1E+30"),
+    Decimal("-0.000"),
+    "",
+    "text with \n and \ud800 and é",
+    b"",
+    bytes(range(256)),
+    bytearray(b"ab"),
+    dt.date(1, 1, 1),
+    dt.time(23, 59, 59, 999999),
+    dt.time(12, 0, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+    dt.datetime(2020, 2, 29, 1, 2, 3, 456789),
+    dt.datetime(2021, 3, 28, 1, 30, tzinfo=dt.timezone(dt.timedelta(hours=-7))),
+    dt.datetime(2021, 10, 31, 2, 30, fold=1, tzinfo=ZoneInfo("Europe/Paris")),
+    dt.timedelta(days=-3, microseconds=1),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    {"$dec": "not a tag", "nested": [{"$obj": 1}, None]},
+    {"a": {"$bytes": "x"}},
+    [1, None, [2, [None]]],
+    (1, "a"),
+    ip_address("::1"),
+    ip_interface("10.1.2.3/8"),
+    ip_network("192.168.0.0/16"),
+]
+
+
+@pytest.mark.parametrize("value", CODEC_VALUES, ids=lambda v: type(v).__name__)
+def test_codec_round_trips_exactly_through_json(value: Any) -> None:
+    line = json.dumps(encode(value), allow_nan=False)
+    back = decode(json.loads(line))
+    if isinstance(value, bytearray):
+        assert back == bytes(value)
+    else:
+        assert same(value, back)
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        assert back.fold == value.fold and back.utcoffset() == value.utcoffset()
+
+
+def test_codec_refuses_what_it_cannot_keep() -> None:
+    with pytest.raises(ValueError, match=r"cannot encode a builtins\.object"):
+        encode(object())
+    with pytest.raises(ValueError, match="unknown tag"):
+        decode({"$nope": 1})
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+PG_SCHEMA = """
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE everything (
+    id integer PRIMARY KEY, i integer, bi bigint, n numeric, f double precision, t text,
+    b bytea, bo boolean, d date, tm time, ttz timetz, ts timestamp, tstz timestamptz,
+    iv interval, u uuid, j json, jb jsonb, ia integer[], ta text[], m mood, ip inet
+);
+"""
+PG_COLUMNS = ("i", "bi", "n", "f", "t", "b", "bo", "d", "tm", "ttz", "ts", "tstz", "iv", "u", "j",
+              "jb", "ia", "ta", "m", "ip")
+PG_INSERT = text(
+    "INSERT INTO everything VALUES (:id, :i, :bi, :n, :f, :t, :b, :bo, :d, :tm, :ttz, :ts, "
+    ":tstz, :iv, :u, CAST(:j AS json), CAST(:jb AS jsonb), :ia, :ta, CAST(:m AS mood), "
+    "CAST(:ip AS inet))"
+)
+PG_ROWS: list[dict[str, Any]] = [
+    dict(
+        id=1,
+        i=-(2**31),
+        bi=2**63 - 1,
+        n=Decimal("12345678901234567890.123456789"),
+        f=1e308,
+        t='héllo "quotes"\n{"$dec": 1}',
+        b=bytes(range(256)),
+        bo=True,
+        d=dt.date(1999, 12, 31),
+        tm=dt.time(23, 59, 59, 999999),
+        ttz=dt.time(12, 0, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+        ts=dt.datetime(2020, 2, 29, 1, 2, 3, 456789),
+        tstz=dt.datetime(2021, 3, 28, 1, 30, tzinfo=dt.timezone(dt.timedelta(hours=-7))),
+        iv=dt.timedelta(days=3, seconds=7, microseconds=11),
+        u=uuid.uuid4(),
+        j='{"$dec": "not a tag", "nested": [1, 2.5, null, "x"]}',
+        jb='{"a": {"$obj": 1}, "b": [true, false]}',
+        ia=[1, None, 3],
+        ta=["a", None, "c,d"],
+        m="happy",
+        ip="10.1.2.3/8",
+    ),
+    dict(
+        id=2,
+        i=0,
+        bi=-(2**63),
+        n=Decimal("NaN"),
+        f=float("nan"),
+        t="",
+        b=b"",
+        bo=False,
+        d=dt.date(1, 1, 1),
+        tm=dt.time(0, 0),
+        ttz=dt.time(0, 0, tzinfo=dt.UTC),
+        ts=dt.datetime(1970, 1, 1),
+        tstz=dt.datetime(2038, 1, 19, 3, 14, 7, tzinfo=dt.UTC),
+        iv=dt.timedelta(microseconds=-1),
+        u=uuid.UUID(int=0),
+        j='"a JSON string"',
+        jb="[[1, 2], {}, null]",
+        ia=[[1, 2], [3, None]],
+        ta=[],
+        m="sad",
+        ip="::1",
+    ),
+    dict(
+        id=3,
+        **dict.fromkeys(PG_COLUMNS),
+    ),
+    dict(
+        id=4,
+        i=7,
+        bi=7,
+        n=Decimal("-1E-20"),
+        f=float("-inf"),
+        t="x" * 10000,
+        b=b"\x00",
+        bo=None,
+        d=None,
+        tm=None,
+        ttz=None,
+        ts=None,
+        tstz=None,
+        iv=dt.timedelta(days=-400),
+        u=None,
+        j="[]",
+        jb='{"deep": {"deeper": [1.5, "2", {"$tuple": []}]}}',
+        ia=[None, None],
+        ta=[None],
+        m=None,
+        ip=None,
+    ),
+]
+
+
+@pytest.fixture
+def pg_everything(pg_url: str) -> Engine:
+    engine = engine_for(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(PG_SCHEMA)
+        conn.execute(PG_INSERT, PG_ROWS)
+        conn.execute(PG_INSERT, [dict(PG_ROWS[2], id=99)])  # a row the cleanup leaves
+    return engine
+
+
+def test_postgres_round_trip_of_every_type(pg_everything: Engine, tmp_path: Path) -> None:
+    engine = pg_everything
+    before = rows_of(engine, "everything WHERE id < 99")
+    assert before[0][19] == "happy" and isinstance(before[0][3], Decimal)  # the driver's types
+
+    store = BackupStore(tmp_path / "backups", "run-1")
+    done, path = apply_with_backup(engine, store, [registration("everything", 1, 2, 3, 4)])
+    assert [(c.table, c.counted, c.deleted) for c in done] == [("everything", 4, 4)]
+    assert count(engine, "everything") == 1
+
+    backup = read_backup(path)
+    assert backup.counts == {"everything": 4}
+    assert backup.tables[0].columns[:3] == ("id", "i", "bi")  # unmapped columns kept
+    assert backup.header["dialect"] == "postgresql" and backup.header["nodeid"] == "t.py::x"
+
+    result = restore(path, engine)
+    assert result.restored == {"everything": 4} and result.skipped == {"everything": 0}
+    after = rows_of(engine, "everything WHERE id < 99")
+    assert_same_rows(before, after)
+    with engine.connect() as conn:  # SQL NULL stayed NULL, JSON 'null' inside stayed JSON
+        nulls = conn.execute(
+            text("SELECT j IS NULL, jb IS NULL, jb::text FROM everything WHERE id IN (2, 3) "
+                 "ORDER BY id")
+        ).all()
+    assert [tuple(r) for r in nulls] == [(False, False, "[[1, 2], {}, null]"), (True, True, None)]
+
+
+def test_postgres_restore_goes_parent_first_and_orders_self_references(
+    pg_url: str, tmp_path: Path
+) -> None:
+    engine = engine_for(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE accounts (id int PRIMARY KEY, name text);"
+            "CREATE TABLE users (id int PRIMARY KEY, account_id int NOT NULL REFERENCES accounts,"
+            " manager_id int REFERENCES users);"
+            "INSERT INTO accounts VALUES (1, 'a'), (2, 'b');"
+            "INSERT INTO users VALUES (30, 1, NULL), (10, 1, 30), (20, 2, 10);"
+            # rewrite the top manager so the heap holds children before their parent
+            "UPDATE users SET account_id = 1 WHERE id = 30;"
+        )
+    raw = rows_of(engine, "users")
+    meta = MetaData()
+    accounts = Table("accounts", meta, Column("id", Integer, primary_key=True))
+    users = Table(
+        "users",
+        meta,
+        Column("id", Integer, primary_key=True),
+        Column("account_id", ForeignKey("accounts.id")),
+    )
+    regs = [
+        plan.Registration(users, users.c.account_id.in_([1, 2])),
+        plan.Registration(accounts, accounts.c.id.in_([1, 2])),
+    ]
+    store = BackupStore(tmp_path / "b", "run")
+    _, path = apply_with_backup(engine, store, regs)
+    assert count(engine, "users") == count(engine, "accounts") == 0
+    assert read_backup(path).order == ["users", "accounts"]  # deletion order in the file
+    assert [r[0] for r in read_backup(path).tables[0].rows] == [10, 20, 30]  # child first
+
+    dry = restore(path, engine, dry_run=True)
+    assert dry.restored == {"accounts": 2, "users": 3} and dry.dry_run
+    assert count(engine, "users") == 0
+    result = restore(path, engine)
+    assert list(result.restored) == ["accounts", "users"]  # parents first
+    assert rows_of(engine, "users") == raw
+
+    # every row exists now: a conflict aborts the whole restore ...
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM users WHERE id = 20")
+    with pytest.raises(RestoreConflict, match=r"accounts 2, users 2 by primary key.*--skip-exist"):
+        restore(path, engine)
+    assert count(engine, "users") == 2
+    dry = restore(path, engine, dry_run=True)
+    assert dry.conflicts == {"accounts": 2, "users": 2} and dry.restored["users"] == 1
+    assert count(engine, "users") == 2
+    # ... unless existing rows are skipped
+    result = restore(path, engine, skip_existing=True)
+    assert result.restored == {"accounts": 0, "users": 1}
+    assert result.skipped == {"accounts": 2, "users": 2}
+    assert rows_of(engine, "users") == raw
+
+
+def test_postgres_backup_into_another_schema_is_refused(
+    pg_databases: Any, tmp_path: Path
+) -> None:
+    source = engine_for(pg_databases.create())
+    other = engine_for(pg_databases.create())
+    schema = (
+        "CREATE TABLE accounts (id int PRIMARY KEY, name text);"
+        "CREATE TABLE users (id int PRIMARY KEY, account_id int REFERENCES accounts{extra});"
+    )
+    with source.begin() as conn:
+        conn.exec_driver_sql(schema.format(extra=", email text"))
+        conn.exec_driver_sql(
+            "INSERT INTO accounts VALUES (1, 'a'); INSERT INTO users VALUES (1, 1, 'e');"
+        )
+    with other.begin() as conn:
+        conn.exec_driver_sql(schema.format(extra=""))
+    resolver = plan.TableResolver(source)
+    users, accounts = resolver.resolve("users"), resolver.resolve("accounts")
+    _, path = apply_with_backup(
+        source,
+        BackupStore(tmp_path / "b", "run"),
+        [
+            plan.Registration(accounts, accounts.c.id == 1),
+            plan.Registration(users, users.c.account_id == 1),
+        ],
+    )
+    with pytest.raises(BackupError, match=r"table users in .* has no column email.*another sch"):
+        restore(path, other)
+    assert count(other, "accounts") == count(other, "users") == 0  # parent not inserted either
+    with other.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE users")
+    with pytest.raises(BackupError, match="table users of the backup does not exist"):
+        restore(path, other)
+    assert count(other, "accounts") == 0
+
+
+# ---------------------------------------------------------------------------- SQLite
+
+
+def test_sqlite_round_trip_of_every_type(tmp_path: Path) -> None:
+    engine = engine_for(f"sqlite:///{tmp_path / 'app.db'}")
+    meta = MetaData()
+    items = Table(
+        "items",
+        meta,
+        Column("id", Integer, primary_key=True),
+        Column("r", Float),
+        Column("t", String),
+        Column("bl", LargeBinary),
+        Column("when", DateTime),
+        Column("amount", Numeric(30, 10)),
+    )
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE items ADD COLUMN untyped")  # no declared type
+        conn.execute(
+            items.insert(),
+            [
+                dict(id=1, r=1.25, t="é\n'", bl=bytes(range(256)),
+                     when=dt.datetime(2024, 2, 29, 23, 59, 59, 123456),
+                     amount=Decimal("12345678901234567890.0123456789")),
+                dict(id=2, r=float("inf"), t="", bl=b"", when=dt.datetime(1, 1, 1),
+                     amount=Decimal("-0.5")),
+                dict(id=3, r=None, t=None, bl=None, when=None, amount=None),
+            ],
+        )
+        conn.exec_driver_sql("UPDATE items SET untyped = 2 * 9223372036854775807 / 2 WHERE id=1")
+        conn.exec_driver_sql("UPDATE items SET untyped = x'00ff' WHERE id = 2")
+    before = rows_of(engine, "items")
+    with engine.connect() as conn:
+        typed_before = [tuple(r) for r in conn.execute(select(items).order_by("id"))]
+    assert isinstance(typed_before[0][4], dt.datetime)
+
+    store = BackupStore(tmp_path / "backups", "run-1")
+    done, path = apply_with_backup(engine, store, [registration("items", 1, 2, 3)])
+    assert [(c.counted, c.deleted) for c in done] == [(3, 3)]
+    assert count(engine, "items") == 0
+    assert read_backup(path).header["restore_url"] == f"sqlite:///{tmp_path / 'app.db'}"
+
+    assert restore(path, engine).restored == {"items": 3}
+    assert_same_rows(before, rows_of(engine, "items"))
+    with engine.connect() as conn:
+        typed_after = [tuple(r) for r in conn.execute(select(items).order_by("id"))]
+    assert_same_rows(typed_before, typed_after)
+
+
+def test_postgres_backup_refused_into_sqlite(pg_everything: Engine, tmp_path: Path) -> None:
+    _, path = apply_with_backup(
+        pg_everything, BackupStore(tmp_path / "b", "r"), [registration("everything", 3)]
+    )
+    sqlite = engine_for(f"sqlite:///{tmp_path / 'x.db'}")
+    with sqlite.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE everything (id INTEGER PRIMARY KEY)")
+    with pytest.raises(BackupError, match="taken from a postgresql database"):
+        restore(path, sqlite)
+    assert count(sqlite, "everything") == 0
+
+
+# ---------------------------------------------------------------------------- folders
+
+
+@pytest.fixture
+def sqlite_rows(tmp_path: Path) -> Engine:
+    engine = engine_for(f"sqlite:///{tmp_path / 'data.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.exec_driver_sql("INSERT INTO things VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    return engine
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_folders_files_gitignore_and_audit(sqlite_rows: Engine, tmp_path: Path) -> None:
+    root = tmp_path / "deep" / "backups"
+    store = BackupStore(root, "run/../1", worker="gw0")
+    assert not root.exists()  # created on first write only
+    _, path = apply_with_backup(sqlite_rows, store, [registration("things", 1, 2)], "a/t.py::x[1]")
+    assert path.parent == root / "run_.._1" / "gw0"  # no path escapes from ids
+    assert path.name.startswith("0001-a-t.py-x_1") and path.suffix == ".jsonl"
+    assert (mode(root), mode(root / "run_.._1"), mode(path.parent)) == (0o700, 0o700, 0o700)
+    assert mode(path) == 0o600
+    assert (root / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert mode(root / ".gitignore") == 0o600
+
+    store.audit({"run_id": "run/../1", "nodeid": "a", "rows": {"things": 2}})
+    first = (root / "audit.jsonl").read_bytes()
+    store.audit({"run_id": "run/../1", "nodeid": "b\nc", "when": dt.date(2024, 1, 1)})
+    lines = (root / "audit.jsonl").read_bytes().splitlines(keepends=True)
+    assert lines[0] == first and len(lines) == 2
+    assert json.loads(lines[1]) == {"run_id": "run/../1", "nodeid": "b\nc", "when": "2024-01-01"}
+    assert mode(root / "audit.jsonl") == 0o600
+
+
+def test_retention_keeps_the_newest_runs(sqlite_rows: Engine, tmp_path: Path) -> None:
+    root = tmp_path / "backups"
+    (root / "notes").mkdir(parents=True)  # not a run: never pruned
+    for i in range(5):
+        store = BackupStore(root, f"run{i}", keep=3)
+        store.ensure_folder()
+        os.utime(root / f"run{i}" / RUN_MARKER, (1000 + i, 1000 + i))
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["notes", "run2", "run3", "run4"]
+    lonely = BackupStore(root, "run-last", keep=0)
+    lonely.ensure_folder()  # keep=0 still never removes the current run
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["notes", "run-last"]
+    apply_with_backup(sqlite_rows, lonely, [registration("things", 3)])
+    [run] = list_runs(root)
+    assert (run.run_id, run.files, run.tables, run.damaged) == ("run-last", 1, {"things": 1}, ())
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def test_backup_root_that_is_a_file_stops_the_delete(sqlite_rows: Engine, tmp_path: Path) -> None:
+    blocker = tmp_path / "backups"
+    blocker.write_text("not a folder")
+    with pytest.raises(BackupError, match=rf"backup folder {blocker} is not a directory"):
+        apply_with_backup(sqlite_rows, BackupStore(blocker, "r"), [registration("things", 1)])
+    nested = blocker / "inside"
+    with pytest.raises(
+        BackupError, match=rf"cannot create the backup folder {nested}: Not a directory"
+    ):
+        apply_with_backup(sqlite_rows, BackupStore(nested, "r"), [registration("things", 1)])
+    assert count(sqlite_rows, "things") == 3
+    assert blocker.read_text() == "not a folder"
+
+
+class DiskFullStore(BackupStore):
+    """Writes the backup through the real /dev/full: every write fails with ENOSPC."""
+
+    def _open_new(self, path: Path) -> int:
+        self.tried = path
+        return os.open("/dev/full", os.O_WRONLY)
+
+
+def test_disk_full_stops_the_delete_and_leaves_no_file(
+    sqlite_rows: Engine, tmp_path: Path
+) -> None:
+    store = DiskFullStore(tmp_path / "backups", "r")
+    with pytest.raises(BackupError) as info:
+        apply_with_backup(sqlite_rows, store, [registration("things", 1, 2, 3)])
+    message = str(info.value)
+    assert "No space left on device" in message and "nothing was deleted" in message
+    assert str(store.tried) in message and "\n" not in message
+    assert count(sqlite_rows, "things") == 3
+    assert list(store.folder.glob("*.jsonl")) == []
+
+
+def test_damaged_backups_are_refused_and_nothing_is_inserted(
+    sqlite_rows: Engine, tmp_path: Path
+) -> None:
+    _, path = apply_with_backup(
+        sqlite_rows, BackupStore(tmp_path / "b", "r"), [registration("things", 1, 2, 3)]
+    )
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.jsonl"
+    truncated.write_bytes(data[: len(data) - 40])
+    cut_at_line = tmp_path / "cut.jsonl"
+    cut_at_line.write_bytes(b"".join(data.splitlines(keepends=True)[:-2]))
+    flipped = tmp_path / "flipped.jsonl"
+    i = data.index(b'"b"')  # a value inside a row
+    flipped.write_bytes(data[:i] + b'"x"' + data[i + 3 :])
+    for bad in (truncated, cut_at_line, flipped):
+        with pytest.raises(BackupError, match=rf"backup {bad} is damaged or truncated"):
+            restore(bad, sqlite_rows)
+        assert count(sqlite_rows, "things") == 0
+    [run] = list_runs(tmp_path / "b")
+    assert run.damaged == ()
+    assert restore(path, sqlite_rows).restored == {"things": 3}
+
+
+def test_rows_that_change_between_count_and_backup_stop_the_delete(
+    sqlite_rows: Engine, tmp_path: Path
+) -> None:
+    store = BackupStore(tmp_path / "b", "r")
+    p = plan.build_plan([registration("things", 1, 2)])
+    with sqlite_rows.connect() as conn, conn.begin():
+        counts = executor.count(conn, p)
+        conn.exec_driver_sql("DELETE FROM things WHERE id = 2")  # a concurrent writer
+        with pytest.raises(BackupError, match=r"backed up \(things 1\) differ .*counted"):
+            store.write_rows(conn, p, counts, nodeid="t", target=from_url(sqlite_rows.url))
+        conn.rollback()
+    assert count(sqlite_rows, "things") == 3
+    assert list(store.folder.glob("*.jsonl")) == []
+
+
+# ---------------------------------------------------------------------------- pg_dump
+
+
+def test_pg_dump_writes_a_readable_dump(pg_url: str, tmp_path: Path) -> None:
+    engine = engine_for(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE kept (id int PRIMARY KEY); INSERT INTO kept VALUES (1)")
+    path = dump_database(pg_url, tmp_path / "dumps")
+    assert path.parent == tmp_path / "dumps" and path.suffix == ".dump"
+    assert mode(path) == 0o600 and mode(path.parent) == 0o700
+    listed = subprocess.run(
+        ["pg_restore", "--list", str(path)], capture_output=True, text=True, check=True
+    )
+    assert "TABLE public kept" in listed.stdout
+
+
+def wrapper(folder: Path, body: str) -> Path:
+    folder.mkdir()
+    script = folder / "pg_dump"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    (folder / "pg_restore").symlink_to(shutil.which("pg_restore") or "/usr/bin/pg_restore")
+    return folder
+
+
+def test_pg_dump_password_goes_through_the_environment_never_argv(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = shutil.which("pg_dump")
+    log = tmp_path / "log"
+    bindir = wrapper(
+        tmp_path / "bin",
+        f'printf "%s\\n" "$@" > {log}; echo "PGPASSWORD=$PGPASSWORD" >> {log}; exec {real} "$@"',
+    )
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    with_password = pg_url.replace("postgres@", "postgres:s3cret-pw@")
+    assert "s3cret-pw" in with_password
+    path = dump_database(with_password, tmp_path / "dumps")
+    recorded = log.read_text().splitlines()
+    assert recorded[-1] == "PGPASSWORD=s3cret-pw"
+    assert not any("s3cret-pw" in arg for arg in recorded[:-1])
+    assert "-Fc" in recorded and path.stat().st_size > 0
+
+
+def test_pg_dump_refusals(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(BackupError, match=r"pg_dump was not found on PATH.*nothing was deleted"):
+        dump_database(pg_url, tmp_path / "dumps")
+    # pg_dump's own refusal of a newer server, as pg_dump 14 prints it for a 15 server
+    old = wrapper(
+        tmp_path / "old",
+        "echo 'pg_dump: error: aborting because of server version mismatch' >&2; "
+        "echo 'pg_dump: detail: server version: 15.20; pg_dump version: 14.11' >&2; exit 1",
+    )
+    monkeypatch.setenv("PATH", str(old))
+    with pytest.raises(BackupError, match=r"pg_dump 14.11 is older than .*PostgreSQL 15.20"):
+        dump_database(pg_url, tmp_path / "dumps")
+    assert list((tmp_path / "dumps").iterdir()) == []  # the failed dump's file is removed
+    monkeypatch.setenv("PATH", os.defpath)
+    with pytest.raises(BackupError, match=r"pg_dump of .* failed .*does-not-exist"):
+        dump_database(pg_url.rsplit("/", 1)[0] + "/does-not-exist", tmp_path / "dumps")
+    with pytest.raises(BackupError, match="needs PostgreSQL, not sqlite"):
+        dump_database(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "dumps")

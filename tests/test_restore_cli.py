@@ -1,0 +1,204 @@
+"""`safe-cleanup restore` and `safe-cleanup backups` against a real PostgreSQL database:
+the guard decides first, and every refusal leaves the rows where they were."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from pytest_safe_cleanup import executor, plan
+from pytest_safe_cleanup.backup import BackupStore
+from pytest_safe_cleanup.cli import main
+from pytest_safe_cleanup.guard import Level, Verdict
+from pytest_safe_cleanup.stamp import write_stamp
+from pytest_safe_cleanup.target import from_url
+
+PREFIX = "safe-cleanup: "
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("ENVIRONMENT", "SAFE_CLEANUP_RUN_ID", "PGHOST", "PGHOSTADDR", "PGPASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def count(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+class Deleted:
+    """A database whose accounts and users were cleaned up with a rows backup."""
+
+    def __init__(self, url: str, root: Path, *, backup_url: str | None = None) -> None:
+        self.url = url
+        self.name = url.rsplit("/", 1)[1]
+        self.engine = create_engine(url, poolclass=NullPool)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TABLE accounts (id int PRIMARY KEY, name text);"
+                "CREATE TABLE users (id int PRIMARY KEY, account_id int REFERENCES accounts);"
+                "INSERT INTO accounts VALUES (1, 'a'), (2, 'b');"
+                "INSERT INTO users VALUES (1, 1), (2, 1), (3, 2);"
+            )
+        resolver = plan.TableResolver(self.engine)
+        users, accounts = resolver.resolve("users"), resolver.resolve("accounts")
+        built = plan.build_plan(
+            [
+                plan.Registration(accounts, accounts.c.id.in_([1, 2])),
+                plan.Registration(users, users.c.account_id.in_([1, 2])),
+            ]
+        )
+        store = BackupStore(root, "run-7")
+        target = from_url(backup_url or url)
+
+        def hook(conn: Any, p: plan.Plan, counts: list[executor.TableCount]) -> str:
+            return str(store.write_rows(conn, p, counts, nodeid="t::x", target=target).path)
+
+        _, location = executor.apply(
+            self.engine, built, verdict=Verdict(Level.ALLOW, ()), max_rows=100, backup=hook
+        )
+        assert location is not None
+        self.path = location
+        assert self.rows() == (0, 0)
+
+    def rows(self) -> tuple[int, int]:
+        return count(self.engine, "accounts"), count(self.engine, "users")
+
+
+@pytest.fixture
+def deleted(pg_url: str, tmp_path: Path) -> Iterator[Deleted]:
+    d = Deleted(pg_url, tmp_path / "backups")
+    yield d
+    d.engine.dispose()
+
+
+def test_restore_allowed_target_dry_run_then_restore(
+    deleted: Deleted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "restore", deleted.path, "--dry-run")
+    assert (code, err) == (0, "")
+    assert "dry run:" in out and "accounts  would restore 2" in out
+    assert "users     would restore 3" in out and "(nothing changed)" in out
+    assert deleted.rows() == (0, 0)
+
+    code, out, err = run(capsys, "restore", deleted.path)  # URL taken from the backup
+    assert (code, err) == (0, "")
+    assert "accounts  restored 2" in out and "users     restored 3" in out
+    assert deleted.rows() == (2, 3)
+
+    code, out, err = run(capsys, "restore", deleted.path)
+    assert code == 3 and err.count("\n") == 1 and err.startswith(PREFIX + "error: ")
+    assert "already exist" in err and "--skip-existing" in err
+    assert deleted.rows() == (2, 3)
+    code, out, _ = run(capsys, "restore", deleted.path, "--skip-existing", "--url", deleted.url)
+    assert code == 0 and "restored 0, skipped 3 existing" in out
+    assert deleted.rows() == (2, 3)
+
+
+def test_restore_confirm_target_needs_the_database_name(
+    deleted: Deleted, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "qa")
+    code, out, err = run(capsys, "restore", deleted.path)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "needs confirmation" in err
+    assert "ENVIRONMENT='qa'" in err and err.rstrip().endswith(f"add --confirm {deleted.name}")
+    assert deleted.rows() == (0, 0)
+    code, _, err = run(capsys, "restore", deleted.path, "--confirm", "other_db")
+    assert code == 1 and "names another database" in err
+    assert deleted.rows() == (0, 0)
+
+    code, out, err = run(capsys, "restore", deleted.path, "--confirm", deleted.name)
+    assert (code, err) == (0, "")
+    assert "restored 5 rows" in out
+    assert deleted.rows() == (2, 3)
+
+
+def test_restore_into_a_production_stamped_database_is_refused(deleted: Deleted) -> None:
+    with deleted.engine.connect() as conn:
+        write_stamp(conn, "production")
+        conn.commit()
+    # a subprocess, as users run it: this pytest process's own guard would refuse the
+    # stamped database before the command could
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_safe_cleanup.cli", "restore", deleted.path, "--confirm",
+         deleted.name],
+        env={**os.environ, "ENVIRONMENT": "test"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and done.stderr.count("\n") == 1
+    assert "refused: restore into" in done.stderr and "BLOCK" in done.stderr
+    assert "stamped 'production'" in done.stderr
+    assert deleted.rows() == (0, 0)
+
+
+def test_restore_needs_url_when_the_source_had_a_password(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_password = pg_url.replace("postgres@", "postgres:s3cret@")
+    d = Deleted(pg_url, tmp_path / "backups", backup_url=with_password)
+    try:
+        code, out, err = run(capsys, "restore", d.path)
+        assert code == 3 and err.count("\n") == 1
+        assert "has a password that backups never store: give the target with --url" in err
+        assert "s3cret" not in err + d.path.__str__() + Path(d.path).read_text()
+        assert d.rows() == (0, 0)
+        code, out, err = run(capsys, "restore", d.path, "--url", with_password)
+        assert (code, err) == (0, "") and "s3cret" not in out
+        assert d.rows() == (2, 3)
+    finally:
+        d.engine.dispose()
+
+
+def test_restore_errors_are_one_line(
+    deleted: Deleted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_bytes(Path(deleted.path).read_bytes()[:-20])
+    for argv in (
+        ["restore", str(damaged)],
+        ["restore", str(tmp_path / "missing.jsonl")],
+        ["restore", deleted.path, "--url", "not a url"],
+    ):
+        code, out, err = run(capsys, *argv)
+        assert code == 3 and out == "", argv
+        assert err.startswith(PREFIX + "error: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+    assert "damaged or truncated" in run(capsys, "restore", str(damaged))[2]
+    assert deleted.rows() == (0, 0)
+
+
+def test_backups_lists_runs(deleted: Deleted, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    code, out, err = run(capsys, "backups", str(tmp_path / "backups"))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == f"backups in {tmp_path / 'backups'}"
+    assert lines[1].startswith("run run-7 ") and lines[1].endswith("1 files, 5 rows")
+    assert lines[2].split() == ["users", "3"] and lines[3].split() == ["accounts", "2"]
+
+    (tmp_path / "pytest.ini").write_text("[pytest]\nsafe_cleanup_backup_dir = backups\n")
+    code, out, _ = run(capsys, "backups")  # the folder the ini names, next to the ini
+    assert code == 0 and "run run-7 " in out
+    code, out, _ = run(capsys, "backups", str(tmp_path / "none"))
+    assert (code, out) == (0, f"no backups in {tmp_path / 'none'}\n")
