@@ -54,16 +54,17 @@ def test_local_cluster_default_engine(pytester: pytest.Pytester, mode: str, left
     pytester.makeini("[pytest]\nsafe_cleanup_backup = none\nsafe_cleanup_postgres = local\n")
     result = pytester.runpytest_subprocess(f"--safe-cleanup={mode}", "-p", "no:asyncio")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*disposable_postgres: local cluster*", "*the database is disposable*"])
+    result.stdout.fnmatch_lines(
+        ["*disposable_postgres: local cluster*", "*the database is disposable*"]
+    )
     seen = json.loads((pytester.path / "seen.json").read_text())
     assert seen["kind"] == "local"
     assert seen["async_url"].startswith("postgresql+asyncpg://")
     assert (pytester.path / "after.txt").read_text() == str(left)
     # The cluster is gone with the session: nothing listens on its port any more.
     engine = create_engine(seen["url"], connect_args={"connect_timeout": 2})
-    with pytest.raises(Exception):  # noqa: B017 - any connection error proves it is gone
-        with engine.connect():
-            pass
+    with pytest.raises(Exception), engine.connect():  # noqa: B017 - any error proves it is gone
+        pass
     engine.dispose()
 
 
@@ -79,7 +80,9 @@ def test_server_provider_creates_and_drops(pytester: pytest.Pytester, pg_server_
     assert not _database_exists(pg_server_url, seen["url"])
 
 
-def test_nothing_available_skips_with_one_reason(pytester: pytest.Pytester, tmp_path, monkeypatch) -> None:
+def test_nothing_available_skips_with_one_reason(
+    pytester: pytest.Pytester, tmp_path, monkeypatch
+) -> None:
     empty = tmp_path / "no-bin"
     empty.mkdir()
     monkeypatch.setenv("SAFE_CLEANUP_PG_BINDIR", str(empty))

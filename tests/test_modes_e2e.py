@@ -166,23 +166,29 @@ def test_apply_deletes_exactly_the_registered_rows(
     assert ids(pg_url, "children") == {1, 2, 3}
 
 
-def test_apply_without_backup_none_is_a_usage_error_at_start(
+def test_apply_by_default_writes_a_rows_backup_first(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
     seed(pg_url)
     project(
         pytester,
-        INI,
-        test_nobackup="""
-            def test_would_delete(safe_cleanup):
+        "[pytest]\n",
+        test_backup="""
+            def test_deletes(safe_cleanup):
                 safe_cleanup.delete("children", id=[1, 2, 3])
         """,
     )
     result = run(pytester, pg_url, "--safe-cleanup=apply")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: safe-cleanup:*safe_cleanup_backup = none*"])
-    result.stdout.no_fnmatch_line("*test_would_delete*")
-    assert counts(pg_url) == SEEDED
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["backups written: 1", "*.safe-cleanup/backups/*.jsonl"])
+    assert ids(pg_url, "children") == set()
+    root = pytester.path / ".safe-cleanup" / "backups"
+    assert (root / ".gitignore").read_text().splitlines()[-1] == "*"
+    files = list(root.rglob("*.jsonl"))
+    backups = [f for f in files if f.name != "audit.jsonl"]
+    assert len(backups) == 1 and oct(backups[0].stat().st_mode & 0o777) == "0o600"
+    audit = (root / "audit.jsonl").read_text().splitlines()
+    assert len(audit) == 1 and '"children":3' in audit[0]
 
 
 def test_max_rows_from_ini_and_marker_refuses_and_deletes_nothing(

@@ -229,14 +229,6 @@ def test_passwords_never_appear(
     assert count_rows(plain, "parents") == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: delete() on an unreachable engine reflects the table and lets the driver's "
-    "OperationalError escape; pytest's traceback then shows psycopg's connect() arguments "
-    "(conninfo/kwargs with password=...). Fix: in plan.TableResolver.resolve catch "
-    "SQLAlchemyError and raise RegistrationError('cannot reach <masked url> to look up "
-    "table ...: <first line>') from None",
-)
 def test_password_hidden_when_a_registration_cannot_connect(
     pytester: pytest.Pytester, pg_databases: Any
 ) -> None:

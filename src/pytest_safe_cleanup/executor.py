@@ -77,7 +77,7 @@ BackupHook = Callable[[Connection, Plan, list[TableCount]], str | None]
 
 
 def apply(
-    engine: Engine,
+    bind: Connection | Engine,
     plan: Plan,
     *,
     verdict: Verdict,
@@ -86,32 +86,36 @@ def apply(
 ) -> tuple[list[TableCount], str | None]:
     """Count, check the limit, back up, delete and verify, all in one transaction.
 
-    Any failure rolls the whole transaction back; the caller reports the reason.
-    Returns per-table counts with deleted rows, and the backup's location.
+    ``bind`` (a connection, or an engine to take one from) must have no transaction
+    open: this one begins and commits it, and any failure rolls the whole of it back;
+    the caller reports the reason. Returns per-table counts with deleted rows, and
+    the backup's location.
     """
     _require(verdict)
     if not plan:
         return [], None
-    with engine.connect() as raw:
-        conn = raw.execution_options(**{EXECUTOR_OPTION: True})
-        with conn.begin():
-            counts = count(conn, plan)
-            total = sum(c.counted for c in counts)
-            if total > max_rows:
-                raise LimitExceeded(
-                    f"cleanup matches {total} rows, more than max_rows={max_rows}: "
-                    "nothing was deleted; narrow the registration or raise "
-                    "@pytest.mark.safe_cleanup(max_rows=...) / ini safe_cleanup_max_rows"
+    if isinstance(bind, Engine):
+        with bind.connect() as own:
+            return apply(own, plan, verdict=verdict, max_rows=max_rows, backup=backup)
+    conn = bind.execution_options(**{EXECUTOR_OPTION: True})
+    with conn.begin():
+        counts = count(conn, plan)
+        total = sum(c.counted for c in counts)
+        if total > max_rows:
+            raise LimitExceeded(
+                f"cleanup matches {total} rows, more than max_rows={max_rows}: "
+                "nothing was deleted; narrow the registration or raise "
+                "@pytest.mark.safe_cleanup(max_rows=...) / ini safe_cleanup_max_rows"
+            )
+        location = backup(conn, plan, counts) if backup is not None else None
+        done: list[TableCount] = []
+        for (name, statement), counted in zip(delete_statements(plan), counts, strict=True):
+            deleted = conn.execute(statement).rowcount
+            if deleted != counted.counted:
+                raise CountMismatch(
+                    f"{name}: counted {counted.counted} rows but the delete removed "
+                    f"{deleted}; rolled back, nothing was deleted (a concurrent writer, "
+                    "a trigger, or a condition that depends on rows deleted earlier)"
                 )
-            location = backup(conn, plan, counts) if backup is not None else None
-            done: list[TableCount] = []
-            for (name, statement), counted in zip(delete_statements(plan), counts, strict=True):
-                deleted = conn.execute(statement).rowcount
-                if deleted != counted.counted:
-                    raise CountMismatch(
-                        f"{name}: counted {counted.counted} rows but the delete removed "
-                        f"{deleted}; rolled back, nothing was deleted (a concurrent writer, "
-                        "a trigger, or a condition that depends on rows deleted earlier)"
-                    )
-                done.append(TableCount(name, counted.counted, deleted))
+            done.append(TableCount(name, counted.counted, deleted))
     return done, location

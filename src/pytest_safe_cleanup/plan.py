@@ -8,11 +8,13 @@ Nothing here formats SQL by hand: every name is quoted by SQLAlchemy.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from graphlib import CycleError, TopologicalSorter
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, Union
 
 from sqlalchemy import (
     Column,
@@ -22,6 +24,7 @@ from sqlalchemy import (
     TableClause,
     and_,
     column,
+    event,
     inspect,
     or_,
     select,
@@ -30,11 +33,15 @@ from sqlalchemy import (
 )
 from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+from sqlalchemy.orm import InstanceState, Session
 from sqlalchemy.sql.elements import ColumnElement, TextClause, True_
 from sqlalchemy.sql.visitors import replacement_traverse
 
 from .stamp import STAMP_TABLE
+
+if TYPE_CHECKING:  # the asyncio extension needs greenlet, which sync users may not have
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from .target import mask_url
 
 
@@ -110,8 +117,35 @@ class TableResolver:
         self.engine = engine
         self.metadata = MetaData()
         self._schemas: dict[str | None, MetaData] = {}
+        self._conn: Connection | None = None
 
-    def resolve(self, target: Any, conn: Connection | None = None) -> Table:
+    @contextmanager
+    def using(self, conn: Connection) -> Iterator[None]:
+        """Reflect through ``conn`` (an async engine's connection inside run_sync)."""
+        previous, self._conn = self._conn, conn
+        try:
+            yield
+        finally:
+            self._conn = previous
+
+    @contextmanager
+    def _connect(self, what: str) -> Iterator[Connection]:
+        if self._conn is not None:
+            yield self._conn
+            return
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except NoSuchTableError:
+            raise
+        except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise RegistrationError(
+                f"cannot reach {mask_url(self.engine.url)} to look up {what}: "
+                f"{detail[0] if detail else type(exc).__name__}"
+            ) from None
+
+    def resolve(self, target: Any) -> Table:
         """A Table from a Table, an ORM class or a (``schema.``)table name."""
         table = _table_of(target)
         if table is not None:
@@ -126,10 +160,8 @@ class TableResolver:
         if key in self.metadata.tables:
             return self.metadata.tables[key]
         try:
-            if conn is not None:
+            with self._connect(f"table {target!r}") as conn:
                 return Table(name, self.metadata, schema=schema or None, autoload_with=conn)
-            with self.engine.connect() as own:
-                return Table(name, self.metadata, schema=schema or None, autoload_with=own)
         except NoSuchTableError:
             raise RegistrationError(
                 f"table {target!r} does not exist in {mask_url(self.engine.url)}: "
@@ -140,7 +172,7 @@ class TableResolver:
         """Every table of one schema, reflected once: where cascades find children."""
         if schema not in self._schemas:
             metadata = MetaData()
-            with self.engine.connect() as conn:
+            with self._connect(f"the tables of schema {schema or 'default'}") as conn:
                 metadata.reflect(bind=conn, schema=schema)
             self._schemas[schema] = metadata
         return self._schemas[schema]
@@ -389,6 +421,7 @@ def build_plan(registrations: Sequence[Registration]) -> Plan:
 
 
 __all__ = [
+    "AsyncSafeCleanup",
     "Plan",
     "Registration",
     "RegistrationBook",
@@ -402,16 +435,57 @@ __all__ = [
 ]
 
 
-class SafeCleanup:
-    """What a test registers for cleanup on one engine (the ``safe_cleanup`` fixture).
+AnyEngine = Union[Engine, "AsyncEngine"]
 
-    Registration checks everything it can at once (table, columns, condition) so a
-    mistake fails in the test that made it; the deletion itself waits for teardown.
+
+def is_async_engine(engine: object) -> TypeGuard[AsyncEngine]:
+    """An AsyncEngine, recognised without importing the asyncio extension."""
+    return not isinstance(engine, Engine) and isinstance(
+        getattr(engine, "sync_engine", None), Engine
+    )
+
+
+def sync_engine_of(engine: AnyEngine) -> Engine:
+    """The sync Engine behind an AsyncEngine (events, reflection and plans use it)."""
+    return engine.sync_engine if is_async_engine(engine) else engine  # type: ignore[return-value]
+
+
+def tracked_registrations(
+    instances: Iterable[object], nodeid: str, confirms: frozenset[str]
+) -> list[Registration]:
+    """Registrations by primary key for ORM instances that are (still) in the database.
+
+    Instances never flushed, rolled back (transient again) or deleted through the
+    session are skipped: their rows are not there, and must not be counted twice.
     """
+    by_table: dict[str, tuple[Table, dict[tuple[Any, ...], None]]] = {}
+    for obj in instances:
+        state = inspect(obj, raiseerr=False)
+        if not isinstance(state, InstanceState):
+            raise RegistrationError(f"track() takes ORM instances, not {obj!r}")
+        if state.was_deleted or not state.has_identity or state.identity is None:
+            continue
+        identity = tuple(state.identity)
+        for table in state.mapper.tables:
+            if isinstance(table, Table) and len(table.primary_key.columns) == len(identity):
+                by_table.setdefault(table.fullname, (table, {}))[1][identity] = None
+    registrations = []
+    for table, keys in by_table.values():
+        pk = list(table.primary_key.columns)
+        values = list(keys)
+        condition = pk[0].in_([k[0] for k in values]) if len(pk) == 1 else tuple_(*pk).in_(values)
+        registrations.append(
+            Registration(table, condition, nodeid=nodeid, confirms=confirms, description="tracked")
+        )
+    return registrations
+
+
+class _Registrar:
+    """The core the sync and async fixtures share: validation, tracking and the book."""
 
     def __init__(
         self,
-        engine: Engine,
+        engine: AnyEngine,
         *,
         book: RegistrationBook,
         tag: str,
@@ -426,6 +500,77 @@ class SafeCleanup:
     def tag(self) -> str:
         """A short token unique to this test in this run, to embed in the data it makes."""
         return self._tag
+
+    def _resolver(self) -> TableResolver:
+        return self._book.resolver(sync_engine_of(self.engine))
+
+    def _needs_connection(self, target: Any, cascade: bool) -> bool:
+        if cascade:
+            return True
+        if isinstance(target, str):
+            schema, _, name = target.strip().rpartition(".")
+            key = f"{schema}.{name}" if schema else name
+            return key not in self._resolver().metadata.tables
+        return False
+
+    def _register(
+        self,
+        target: Any,
+        where: Sequence[Any],
+        all_rows: bool,
+        cascade: bool,
+        equals: Mapping[str, Any],
+    ) -> None:
+        resolver = self._resolver()
+        table = resolver.resolve(target)
+        check_table_allowed(table)
+        condition = build_condition(table, where, equals, all_rows)
+        nodeid, confirms = self._context()
+        registration = Registration(table, condition, all_rows, cascade, nodeid, confirms)
+        found = cascade_registrations(resolver, registration) if cascade else [registration]
+        for reg in found:
+            check_table_allowed(reg.table)
+        for reg in found:
+            self._book.add(self.engine, reg)
+
+    def track(self, *instances: object) -> None:
+        """Delete these ORM instances' rows (by primary key) at teardown."""
+        for obj in instances:
+            if not isinstance(inspect(obj, raiseerr=False), InstanceState):
+                raise RegistrationError(f"track() takes ORM instances, not {obj!r}")
+        nodeid, confirms = self._context()
+        objects = list(instances)
+        self._book.defer(self.engine, lambda: tracked_registrations(objects, nodeid, confirms))
+
+    def track_session(self, session: Session | AsyncSession) -> None:
+        """Delete every row this ORM session inserts from now until teardown."""
+        target = getattr(session, "sync_session", session)
+        if not isinstance(target, Session):
+            raise RegistrationError(f"track_session() takes an ORM Session, not {session!r}")
+        inserted: list[object] = []
+
+        def after_flush(flushed: Session, _context: Any) -> None:
+            inserted.extend(flushed.new)
+
+        event.listen(target, "after_flush", after_flush)
+        nodeid, confirms = self._context()
+
+        def collect() -> list[Registration]:
+            if event.contains(target, "after_flush", after_flush):
+                event.remove(target, "after_flush", after_flush)
+            return tracked_registrations(inserted, nodeid, confirms)
+
+        self._book.defer(self.engine, collect)
+
+
+class SafeCleanup(_Registrar):
+    """What a test registers for cleanup on one engine (the ``safe_cleanup`` fixture).
+
+    Registration checks everything it can at once (table, columns, condition) so a
+    mistake fails in the test that made it; the deletion itself waits for teardown.
+    """
+
+    engine: Engine
 
     def on(self, engine: Engine) -> SafeCleanup:
         """The same API for another database; its cleanup runs as its own plan."""
@@ -448,18 +593,89 @@ class SafeCleanup:
         ``cascade=True`` also takes every row that references these through foreign
         keys, transitively, found from the database's schema.
         """
-        resolver = self._book.resolver(self.engine)
-        table = resolver.resolve(target)
-        check_table_allowed(table)
-        condition = build_condition(table, where, equals, all_rows)
-        nodeid, confirms = self._context()
-        registration = Registration(table, condition, all_rows, cascade, nodeid, confirms)
-        if not cascade:
-            self._book.add(self.engine, registration)
+        self._register(target, where, all_rows, cascade, equals)
+
+
+class AsyncSafeCleanup(_Registrar):
+    """The same API for an AsyncEngine (the ``async_safe_cleanup`` fixture).
+
+    ``delete`` is awaited because it may reflect a table; ``track`` and
+    ``track_session`` need no I/O. Teardown runs on the loop the test ran on.
+    """
+
+    engine: AsyncEngine
+
+    def __init__(
+        self,
+        engine: AsyncEngine | None,
+        *,
+        book: RegistrationBook,
+        tag: str,
+        context: Callable[[], tuple[str, frozenset[str]]],
+    ) -> None:
+        super().__init__(engine, book=book, tag=tag, context=context)  # type: ignore[arg-type]
+        self._bound = engine is not None
+
+    def _require_engine(self) -> None:
+        if not self._bound:
+            raise RegistrationError(
+                "async_safe_cleanup has no engine: define a safe_cleanup_async_engine fixture "
+                "or call async_safe_cleanup.on(async_engine)"
+            )
+
+    def _note_loop(self) -> None:
+        self._require_engine()
+        with suppress(RuntimeError):
+            self._book.loop = asyncio.get_running_loop()
+
+    def on(self, engine: AsyncEngine) -> AsyncSafeCleanup:
+        """The same API for another async database."""
+        if not is_async_engine(engine):
+            raise RegistrationError(
+                "async_safe_cleanup.on() takes an AsyncEngine; use safe_cleanup.on() for an Engine"
+            )
+        if self._book.on_engine is not None:
+            self._book.on_engine(engine.sync_engine)
+        return AsyncSafeCleanup(engine, book=self._book, tag=self._tag, context=self._context)
+
+    async def delete(
+        self,
+        target: Any,
+        *where: Any,
+        all_rows: bool = False,
+        cascade: bool = False,
+        **equals: Any,
+    ) -> None:
+        """Register rows of ``target`` for deletion at teardown (see SafeCleanup.delete)."""
+        self._note_loop()
+        if not self._needs_connection(target, cascade):
+            self._register(target, where, all_rows, cascade, equals)
             return
-        for reg in cascade_registrations(resolver, registration):
-            check_table_allowed(reg.table)
-            self._book.add(self.engine, reg)
+        resolver = self._resolver()
+
+        def register(conn: Connection) -> None:
+            with resolver.using(conn):
+                self._register(target, where, all_rows, cascade, equals)
+
+        try:
+            async with self.engine.connect() as aconn:
+                await aconn.run_sync(register)
+        except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise RegistrationError(
+                f"cannot reach {mask_url(self.engine.url)} to register a cleanup: "
+                f"{detail[0] if detail else type(exc).__name__}"
+            ) from None
+
+    def track(self, *instances: object) -> None:
+        """Delete these ORM instances' rows (by primary key) at teardown."""
+        self._note_loop()
+        super().track(*instances)
+
+    def track_session(self, session: Session | AsyncSession) -> None:
+        """Delete every row this (async) session inserts from now until teardown."""
+        self._note_loop()
+        super().track_session(session)
 
 
 class RegistrationBook:
@@ -470,10 +686,13 @@ class RegistrationBook:
         resolvers: dict[int, TableResolver] | None = None,
         on_engine: Callable[[Engine], None] | None = None,
     ) -> None:
-        self._entries: dict[int, tuple[Engine, list[Registration]]] = {}
+        self._entries: dict[int, tuple[AnyEngine, list[Registration]]] = {}
+        self._deferred: list[tuple[AnyEngine, Callable[[], list[Registration]]]] = []
         self._resolvers = {} if resolvers is None else resolvers
         #: told of every engine handed out through ``on()`` (the plugin watches them)
         self.on_engine = on_engine
+        #: the event loop an async test registered on: its teardown runs there
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def resolver(self, engine: Engine) -> TableResolver:
         """The reflection cache of one engine."""
@@ -482,12 +701,21 @@ class RegistrationBook:
             self._resolvers[key] = TableResolver(engine)
         return self._resolvers[key]
 
-    def add(self, engine: Engine, registration: Registration) -> None:
+    def add(self, engine: AnyEngine, registration: Registration) -> None:
         """Append one registration for ``engine``."""
         self._entries.setdefault(id(engine), (engine, []))[1].append(registration)
 
-    def drain(self) -> list[tuple[Engine, list[Registration]]]:
+    def defer(self, engine: AnyEngine, collect: Callable[[], list[Registration]]) -> None:
+        """Registrations known only at teardown (tracked ORM rows)."""
+        self._entries.setdefault(id(engine), (engine, []))
+        self._deferred.append((engine, collect))
+
+    def drain(self) -> list[tuple[AnyEngine, list[Registration]]]:
         """Every engine's registrations, emptied so a cleanup never runs twice."""
+        deferred, self._deferred = self._deferred, []
+        for engine, collect in deferred:
+            for reg in collect():
+                self.add(engine, reg)
         entries = [(e, regs) for e, regs in self._entries.values() if regs]
         self._entries = {}
         return entries

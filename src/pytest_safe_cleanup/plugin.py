@@ -6,6 +6,7 @@ one calls; here we only translate between pytest and them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import os
@@ -20,9 +21,17 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from . import intent
-from .plan import RegistrationBook, SafeCleanup, TableResolver
+from .backup import BackupStore
+from .plan import (
+    AsyncSafeCleanup,
+    RegistrationBook,
+    SafeCleanup,
+    TableResolver,
+    is_async_engine,
+)
 from .providers import DisposableDatabase, ProviderUnavailable, start_disposable
 from .report import Report
 from .runner import Blocked, Conductor, Guardian, TestContext, first_line, target_info
@@ -82,6 +91,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(key, text, type="string", default=None)
 
 
+def _backup_root(config: pytest.Config, settings: Settings) -> Path:
+    """The backup folder, resolved as pytest users expect.
+
+    A relative CLI path is from the invocation folder, an ini path from the rootdir,
+    and the default is ``.safe-cleanup/backups`` under the rootdir.
+    """
+    if settings.backup_dir is None:
+        return config.rootpath / ".safe-cleanup" / "backups"
+    if settings.backup_dir.is_absolute():
+        return settings.backup_dir
+    if settings.source("backup_dir").startswith("--"):
+        return config.invocation_params.dir / settings.backup_dir
+    return config.rootpath / settings.backup_dir
+
+
 class State:
     """Per-session objects, kept in the config's stash."""
 
@@ -98,8 +122,19 @@ class State:
         self.guardian = Guardian(settings)
         self.report = Report(settings.mode, self.run_id, settings.source("mode"))
         self.interactive = intent.is_interactive(*_TTYS, os.environ, self.is_worker)
+        self.store = BackupStore(
+            _backup_root(config, settings),
+            self.run_id,
+            worker=worker or None,
+            keep=settings.backup_keep,
+        )
         self.conductor = Conductor(
-            settings, self.guardian, self.report, interactive=self.interactive, prompt=self.prompt
+            settings,
+            self.guardian,
+            self.report,
+            interactive=self.interactive,
+            prompt=self.prompt,
+            store=self.store,
         )
         self.resolvers: dict[int, TableResolver] = {}
         self.current_nodeid = ""
@@ -200,12 +235,6 @@ def pytest_configure(config: pytest.Config) -> None:
     state.guardian.install()
     if settings.url is not None:
         _check_start_target(state, settings.url)
-    if settings.mode == "apply" and settings.backup != "none":
-        raise pytest.UsageError(
-            f"safe-cleanup: --safe-cleanup=apply needs a backup before it deletes, and the "
-            f"{settings.backup!r} backup ({settings.source('backup')}) is not available in this "
-            "version: set safe_cleanup_backup = none to apply without a backup"
-        )
 
 
 def _check_start_target(state: State, url: str) -> None:
@@ -352,19 +381,55 @@ def _guard_engine(state: State, engine: Engine) -> None:
         pytest.fail(message, pytrace=False)
 
 
-def _finish(state: State, book: RegistrationBook, node: pytest.Item | None) -> None:
-    __tracebackhide__ = True
+def _test_context(node: pytest.Item | None) -> TestContext:
     reports = node.stash.get(report_key, {}) if node is not None else {}
-    failed = any(r.failed for r in reports.values())
     _, options = _marker_options(node)
-    ctx = TestContext(
+    return TestContext(
         nodeid=node.nodeid if node is not None else "session",
-        failed=failed,
+        failed=any(r.failed for r in reports.values()),
         mode=options.get("mode"),
         max_rows=options.get("max_rows"),
         backup=options.get("backup"),
     )
-    errors = state.conductor.finish(book.drain(), ctx)
+
+
+def _finish(state: State, book: RegistrationBook, node: pytest.Item | None) -> None:
+    __tracebackhide__ = True
+    errors = state.conductor.finish(book.drain(), _test_context(node))
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+def _finish_async(state: State, book: RegistrationBook, node: pytest.Item | None) -> None:
+    """Run an async cleanup on the loop the test registered on.
+
+    That loop holds the engine's pooled connections and is idle between a test and
+    its fixtures' teardown; only when it is gone does a fresh loop with unpooled
+    connections do the work.
+    """
+    __tracebackhide__ = True
+    entries = book.drain()
+    if not entries:
+        return
+    ctx = _test_context(node)
+    loop = book.loop
+    if loop is not None and not loop.is_closed() and not loop.is_running():
+        errors = loop.run_until_complete(state.conductor.finish_async(entries, ctx))
+    else:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        fresh = asyncio.new_event_loop()
+        unpooled = [
+            (create_async_engine(e.url, poolclass=NullPool) if is_async_engine(e) else e, regs)
+            for e, regs in entries
+        ]
+        try:
+            errors = fresh.run_until_complete(state.conductor.finish_async(unpooled, ctx))
+            for e, _ in unpooled:
+                if is_async_engine(e):
+                    fresh.run_until_complete(e.dispose())
+        finally:
+            fresh.close()
     if errors:
         pytest.fail("\n".join(errors), pytrace=False)
 
@@ -450,6 +515,45 @@ def safe_cleanup_session(
     book = RegistrationBook(state.resolvers, state.guardian.watch)
     yield _make_cleanup(state, safe_cleanup_engine, book, None)
     _finish(state, book, None)
+
+
+@pytest.fixture
+def async_safe_cleanup(request: pytest.FixtureRequest) -> Iterator[AsyncSafeCleanup]:
+    """The safe_cleanup API for AsyncEngine/AsyncSession: ``await async_safe_cleanup.delete()``.
+
+    Bound to your ``safe_cleanup_async_engine`` fixture where one is defined, else use
+    ``.on(async_engine)``. A plain fixture on purpose: it works under pytest-asyncio's
+    strict and auto modes alike, and its teardown runs on the test's own loop.
+    """
+    state = _state(request.config)
+    try:
+        engine: Any = request.getfixturevalue("safe_cleanup_async_engine")
+    except pytest.FixtureLookupError:
+        engine = None
+    if engine is not None:
+        _guard_async_engine(state, engine)
+    book = RegistrationBook(state.resolvers, state.guardian.watch)
+    node = request.node if isinstance(request.node, pytest.Item) else None
+    nodeid, confirms = (node.nodeid, _marker_options(node)[0]) if node else ("session", frozenset())
+    yield AsyncSafeCleanup(
+        engine, book=book, tag=state.next_tag(), context=lambda: (nodeid, confirms)
+    )
+    _finish_async(state, book, node)
+
+
+def _guard_async_engine(state: State, engine: Any) -> None:
+    """The sync engine behind it is what the watch and the guard see."""
+    __tracebackhide__ = True
+    if not is_async_engine(engine):
+        pytest.fail(
+            f"safe_cleanup_async_engine must return an AsyncEngine, not {type(engine).__name__}",
+            pytrace=False,
+        )
+    state.guardian.watch(engine.sync_engine)
+    key = state.guardian.target(engine.url).key
+    verdict = state.guardian.verdicts.get(key)
+    if verdict is not None and verdict[1].level.name == "BLOCK":
+        pytest.fail(str(Blocked(*verdict)), pytrace=False)
 
 
 @pytest.hookimpl(trylast=True)

@@ -15,6 +15,7 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 from weakref import WeakKeyDictionary, WeakSet
 
@@ -23,9 +24,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import executor
+from .backup import BackupError, BackupStore, dump_database
 from .guard import Level, Reason, Verdict, evaluate, read_environment
 from .intent import IntentBook
-from .plan import Registration, RegistrationError, build_plan
+from .plan import AnyEngine, Plan, Registration, RegistrationError, build_plan, is_async_engine
 from .report import Outcome, Report, TargetInfo
 from .settings import Settings
 from .stamp import read_stamp
@@ -148,6 +150,17 @@ class Guardian:
             self.on_verdict(target, verdict)
         return target, verdict
 
+    def check_connection(self, conn: Connection) -> tuple[Target, Verdict]:
+        """The verdict of an open connection's target (computed when it connected)."""
+        key = target_key(conn.engine.url)
+        found = self.verdicts.get(key)
+        target, verdict = found if found is not None else self.verdict_for(conn)
+        if self.on_use is not None:
+            self.on_use(target)
+        if verdict.level is Level.BLOCK:
+            raise Blocked(target, verdict)
+        return target, verdict
+
     def check(self, engine: Engine) -> tuple[Target, Verdict]:
         """Connect once (the watch computes the verdict) and return it; BLOCK raises."""
         key = target_key(engine.url)
@@ -260,7 +273,11 @@ def effective_mode(session_mode: str, marker_mode: str | None) -> str:
 
 
 class Conductor:
-    """Runs one cleanup's registrations through the five layers and records outcomes."""
+    """Runs one cleanup's registrations through the five layers and records outcomes.
+
+    The layers run on one sync Connection: an AsyncEngine's connection hands it over
+    through ``run_sync``, so the async path is the same code, not a copy.
+    """
 
     def __init__(
         self,
@@ -270,57 +287,88 @@ class Conductor:
         *,
         interactive: bool,
         prompt: Callable[[str], str] | None,
+        store: BackupStore | None = None,
     ) -> None:
         self.settings = settings
         self.guardian = guardian
         self.report = report
         self.interactive = interactive
         self.prompt = prompt
+        self.store = store
         self.intents = IntentBook()
+        #: whole-database dumps made this session, per target
+        self._dumps: dict[str, str] = {}
 
     def finish(
-        self, entries: list[tuple[Engine, list[Registration]]], ctx: TestContext
+        self, entries: list[tuple[AnyEngine, list[Registration]]], ctx: TestContext
     ) -> list[str]:
         """Clean every engine's registrations; return the errors that fail the teardown."""
         mode = effective_mode(self.settings.mode, ctx.mode)
         if mode == "off":
             return []
-        errors: list[str] = []
+        outcomes: list[Outcome] = []
+        for engine, registrations in entries:
+            if not isinstance(engine, Engine):
+                raise TypeError("async engines are cleaned by finish_async")
+            try:
+                with engine.connect() as conn:
+                    outcomes += self.run_on(conn, registrations, ctx, mode)
+            except Exception as exc:
+                outcomes += self._failure(exc, engine, ctx)
+        return self._record(outcomes)
+
+    async def finish_async(
+        self, entries: list[tuple[AnyEngine, list[Registration]]], ctx: TestContext
+    ) -> list[str]:
+        """The same for async engines, on the running loop (sync engines run inline)."""
+        mode = effective_mode(self.settings.mode, ctx.mode)
+        if mode == "off":
+            return []
+        outcomes: list[Outcome] = []
         for engine, registrations in entries:
             try:
-                outcomes = self._one(engine, registrations, ctx, mode)
-            except Blocked as blocked:
-                outcomes = [
-                    Outcome(
-                        ctx.nodeid, blocked.target.name, None, None, None, "refused", str(blocked)
-                    )
-                ]
-            except (RegistrationError, executor.ExecutionError) as exc:
-                name = self.guardian.target(engine.url).name
-                outcomes = [Outcome(ctx.nodeid, name, None, None, None, "failed", str(exc))]
-            except SQLAlchemyError as exc:
-                name = self.guardian.target(engine.url).name
-                reason = (
-                    f"cleanup failed and was rolled back, nothing was deleted: {first_line(exc)}"
-                )
-                outcomes = [Outcome(ctx.nodeid, name, None, None, None, "failed", reason)]
-            self.report.add(outcomes)
-            errors.extend(
-                f"safe-cleanup: {o.reason}"
-                for o in outcomes
-                if o.status in ("held", "refused", "failed") and o.reason
-            )
+                if is_async_engine(engine):
+                    async with engine.connect() as aconn:
+                        outcomes += await aconn.run_sync(self.run_on, registrations, ctx, mode)
+                else:
+                    with engine.connect() as conn:  # type: ignore[union-attr]
+                        outcomes += self.run_on(conn, registrations, ctx, mode)
+            except Exception as exc:
+                outcomes += self._failure(exc, engine, ctx)
+        return self._record(outcomes)
+
+    def _record(self, outcomes: list[Outcome]) -> list[str]:
+        self.report.add(outcomes)
+        errors = [
+            f"safe-cleanup: {o.reason}"
+            for o in outcomes
+            if o.status in ("held", "refused", "failed") and o.reason
+        ]
         return list(dict.fromkeys(errors))
 
-    def _count(self, engine: Engine, plan: object) -> list[executor.TableCount]:
-        with engine.connect() as conn:
-            return executor.count(conn, plan)  # type: ignore[arg-type]
+    def _failure(self, exc: Exception, engine: AnyEngine, ctx: TestContext) -> list[Outcome]:
+        if isinstance(exc, Blocked):
+            return [Outcome(ctx.nodeid, exc.target.name, None, None, None, "refused", str(exc))]
+        name = self.guardian.target(engine.url).name
+        if isinstance(exc, RegistrationError | executor.ExecutionError | BackupError):
+            reason = str(exc)
+            if isinstance(exc, BackupError):
+                reason = f"the backup could not be written, nothing was deleted: {exc}"
+        elif isinstance(exc, SQLAlchemyError):
+            reason = f"cleanup failed and was rolled back, nothing was deleted: {first_line(exc)}"
+        else:
+            reason = (
+                f"cleanup failed and was rolled back, nothing was deleted: "
+                f"{type(exc).__name__}: {first_line(exc)}"
+            )
+        return [Outcome(ctx.nodeid, name, None, None, None, "failed", reason)]
 
-    def _one(
-        self, engine: Engine, registrations: list[Registration], ctx: TestContext, mode: str
+    def run_on(
+        self, conn: Connection, registrations: list[Registration], ctx: TestContext, mode: str
     ) -> list[Outcome]:
+        """Plan, verdict, intent and execution for one database, on one connection."""
         plan = build_plan(registrations)
-        target, verdict = self.guardian.check(engine)
+        target, verdict = self.guardian.check_connection(conn)
 
         def outcomes(
             counts: list[executor.TableCount],
@@ -335,9 +383,15 @@ class Conductor:
                 for c in counts
             ]
 
+        def counted() -> list[executor.TableCount]:
+            try:
+                return executor.count(conn, plan)
+            finally:
+                conn.rollback()
+
         if self.settings.keep == "failed" and ctx.failed:
             return outcomes(
-                self._count(engine, plan),
+                counted(),
                 "kept",
                 "the test failed: its data is kept for inspection (safe_cleanup_keep = failed)",
             )
@@ -345,7 +399,7 @@ class Conductor:
             reason = ""
             if verdict.level is Level.CONFIRM:
                 reason = f"apply would need explicit intent: {verdict.explain()}"
-            return outcomes(self._count(engine, plan), "dry", reason)
+            return outcomes(counted(), "dry", reason)
 
         confirms = frozenset.intersection(*(r.confirms for r in registrations))
         decision = self.intents.decide(
@@ -356,18 +410,70 @@ class Conductor:
             if decision.status == "dry" and info is not None and not info.note:
                 # declined at the prompt: the target's summary line says it stayed dry
                 self.report.targets[target.key] = replace(info, note=decision.reason)
-            return outcomes(self._count(engine, plan), decision.status, decision.reason)
-        backup = ctx.backup or self.settings.backup
-        if backup != "none":
-            raise executor.ExecutionError(
-                f"apply needs a {backup} backup, which this version cannot write yet: nothing "
-                "was deleted; set safe_cleanup_backup = none to apply without a backup"
-            )
+            return outcomes(counted(), decision.status, decision.reason)
+
+        strategy = ctx.backup or self.settings.backup
+        hook = self._backup_hook(strategy, conn, target, ctx)
         max_rows = ctx.max_rows if ctx.max_rows is not None else self.settings.max_rows
-        done, location = executor.apply(
-            engine, plan, verdict=verdict, max_rows=max_rows, backup=None
-        )
+        done, location = executor.apply(conn, plan, verdict=verdict, max_rows=max_rows, backup=hook)
+        if strategy == "pg_dump":
+            location = self._dumps.get(target.key)
+        self._audit(ctx, target, verdict, done, location, strategy)
         return outcomes(done, "deleted", decision.reason, location)
+
+    def _backup_hook(
+        self, strategy: str, conn: Connection, target: Target, ctx: TestContext
+    ) -> executor.BackupHook | None:
+        if strategy == "none":
+            warning = "safe_cleanup_backup = none: deletions had no backup"
+            if warning not in self.report.warnings:
+                self.report.warnings.append(warning)
+            return None
+        if self.store is None:
+            raise executor.ExecutionError("no backup folder is configured: nothing was deleted")
+        store = self.store
+        if strategy == "pg_dump":
+            if conn.dialect.name != "postgresql":
+                raise executor.ExecutionError(
+                    f"safe_cleanup_backup = pg_dump needs PostgreSQL, not {conn.dialect.name}: "
+                    "nothing was deleted; use rows"
+                )
+            if target.key not in self._dumps:
+                # Whole-database dump once per session and target, before its first delete.
+                self._dumps[target.key] = str(dump_database(conn.engine.url, store.ensure_folder()))
+            return None
+
+        def write(c: Connection, plan: Plan, counts: list[executor.TableCount]) -> str | None:
+            if not any(n.counted for n in counts):
+                return None
+            info = store.write_rows(c, plan, counts, nodeid=ctx.nodeid, target=target)
+            return str(info.path)
+
+        return write
+
+    def _audit(
+        self,
+        ctx: TestContext,
+        target: Target,
+        verdict: Verdict,
+        done: list[executor.TableCount],
+        location: str | None,
+        strategy: str,
+    ) -> None:
+        if self.store is None:
+            return
+        self.store.audit(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "run_id": self.report.run_id,
+                "nodeid": ctx.nodeid,
+                "target": target.masked_url,
+                "verdict": verdict.level.name,
+                "rows": {c.table: c.deleted for c in done},
+                "backup": location,
+                "strategy": strategy,
+            }
+        )
 
 
 def target_info(target: Target, verdict: Verdict, note: str = "") -> TargetInfo:

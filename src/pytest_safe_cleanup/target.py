@@ -191,8 +191,9 @@ def database_name(url: URL) -> str:
 
 def target_key(url: URL) -> str:
     """A password-free identity for caching verdicts per target."""
-    bare = URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
-                      url.query)
+    bare = URL.create(
+        url.drivername, url.username, None, url.host, url.port, url.database, url.query
+    )
     return _without_secrets(bare).render_as_string(hide_password=True)
 
 

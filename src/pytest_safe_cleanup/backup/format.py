@@ -74,9 +74,10 @@ class Backup:
 
 def dumps(value: Any) -> bytes:
     """One compact JSON line (ASCII, so any text survives; no NaN, which is not JSON)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
-        "ascii"
-    ) + b"\n"
+    return (
+        json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+        + b"\n"
+    )
 
 
 def _damaged(path: Path, why: str) -> BackupError:

@@ -7,12 +7,16 @@ the plugin decides when to start and stop, they only know how.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 __all__ = [
     "BINDIR_ENV",
+    "DEFAULT_IMAGE",
+    "IMAGE_ENV",
     "URL_ENV",
     "DisposableDatabase",
     "Provider",
@@ -26,10 +30,13 @@ URL_ENV = "SAFE_CLEANUP_POSTGRES_URL"
 BINDIR_ENV = "SAFE_CLEANUP_PG_BINDIR"
 """Folder holding ``initdb``/``pg_ctl``; when set, the local provider looks nowhere else."""
 
-_DOCKER_UNAVAILABLE = (
-    "the docker provider is not available in this version; use local or a server URL"
-)
+IMAGE_ENV = "SAFE_CLEANUP_POSTGRES_IMAGE"
+"""Image of the docker provider when the caller passes none (ini safe_cleanup_postgres_image)."""
+
+DEFAULT_IMAGE = "postgres:16-alpine"
+
 _WHAT_TO_DO = (
+    "start a Docker engine (and install pytest-safe-cleanup[docker]), "
     "install the PostgreSQL server binaries (initdb, pg_ctl) "
     f"or set {URL_ENV} to a server where you may CREATE DATABASE"
 )
@@ -43,6 +50,11 @@ class DisposableDatabase:
     async_url: str
     kind: str
     detail: str
+    pg_dump: Callable[[str | os.PathLike[str]], Path] | None = field(
+        default=None, compare=False, repr=False
+    )
+    """Writes a ``pg_dump -Fc`` archive of this database to the path with a pg_dump matching
+    the server (docker: the container's own); None where the host's pg_dump is the one to use."""
 
 
 class ProviderUnavailable(Exception):
@@ -78,20 +90,29 @@ def _start(provider: Provider) -> DisposableDatabase:
 
 
 def start_disposable(
-    setting: str, environ: Mapping[str, str]
+    setting: str, environ: Mapping[str, str], *, image: str | None = None
 ) -> tuple[DisposableDatabase, Provider, str]:
     """Start the provider chosen by ``setting`` ("auto" | "local" | "docker" | a server URL).
 
     Returns the database, the provider to stop later and a why-line for the report
-    header.  ``auto`` tries a local cluster, then the server in SAFE_CLEANUP_POSTGRES_URL;
-    when nothing works the ProviderUnavailable message is one line naming every reason.
+    header.  ``auto`` tries a container where a Docker engine answers (within a few
+    seconds), then a local cluster, then the server in SAFE_CLEANUP_POSTGRES_URL; when
+    nothing works the ProviderUnavailable message is one line naming every reason.
+    ``image`` is the docker provider's image (default: SAFE_CLEANUP_POSTGRES_IMAGE in
+    ``environ``, else postgres:16-alpine).
     """
+    from pytest_safe_cleanup.providers.docker import DockerPostgres
     from pytest_safe_cleanup.providers.local import LocalCluster
     from pytest_safe_cleanup.providers.server import ServerDatabase, is_server_url, mask_url
 
     choice = setting.strip()
+    image = (image or "").strip() or environ.get(IMAGE_ENV, "").strip() or DEFAULT_IMAGE
+    docker = DockerPostgres(image, environ=environ)
     if choice == "docker":
-        raise ProviderUnavailable(_DOCKER_UNAVAILABLE)
+        try:
+            return _start(docker), docker, f"docker {image} (requested)"
+        except ProviderUnavailable as exc:
+            raise ProviderUnavailable(f"docker: {one_line(str(exc))}") from exc
     if choice == "local":
         local = LocalCluster(bindir=environ.get(BINDIR_ENV) or None, path=environ.get("PATH"))
         try:
@@ -111,9 +132,14 @@ def start_disposable(
         )
 
     reasons: list[str] = []
+    try:
+        return _start(docker), docker, f"auto: docker ({image} on {docker.endpoint})"
+    except ProviderUnavailable as exc:
+        reasons.append(f"docker: {one_line(str(exc))}")
+
     local = LocalCluster(bindir=environ.get(BINDIR_ENV) or None, path=environ.get("PATH"))
     try:
-        return _start(local), local, "auto: local (docker: not available yet)"
+        return _start(local), local, f"auto: local ({reasons[0]})"
     except ProviderUnavailable as exc:
         reasons.append(f"local: {one_line(str(exc))}")
 
@@ -128,6 +154,6 @@ def start_disposable(
             reasons.append(f"server: {one_line(str(exc))}")
         else:
             tried = "; ".join(reasons)
-            return database, server, f"auto: server ({tried}; docker: not available yet)"
+            return database, server, f"auto: server ({tried})"
 
     raise ProviderUnavailable(f"no disposable PostgreSQL: {'; '.join(reasons)} - {_WHAT_TO_DO}")
