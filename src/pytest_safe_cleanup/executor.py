@@ -7,12 +7,12 @@ no code path reaches a DELETE without one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Delete, Select, delete, func, literal, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import Delete, Select, Table, delete, func, literal, literal_column, select
+from sqlalchemy.engine import Connection, CursorResult, Engine
 
 from .guard import Level, Verdict
 from .plan import Plan
@@ -74,6 +74,17 @@ def count(conn: Connection, plan: Plan) -> list[TableCount]:
 
 
 BackupHook = Callable[[Connection, Plan, list[TableCount]], str | None]
+#: (table name, Table, column names, rows) per step, as the deletes returned them
+Captured = list[tuple[str, Table, list[str], Sequence[Sequence[Any]]]]
+CaptureHook = Callable[[Connection, Plan, Captured, list[TableCount]], str | None]
+
+
+def _mismatch(name: str, counted: int, deleted: int) -> CountMismatch:
+    return CountMismatch(
+        f"{name}: counted {counted} rows but the delete removed {deleted}; rolled back, "
+        "nothing was deleted (a concurrent writer, a trigger, or a condition that depends "
+        "on rows deleted earlier)"
+    )
 
 
 def apply(
@@ -83,20 +94,26 @@ def apply(
     verdict: Verdict,
     max_rows: int,
     backup: BackupHook | None,
+    capture: CaptureHook | None = None,
 ) -> tuple[list[TableCount], str | None]:
     """Count, check the limit, back up, delete and verify, all in one transaction.
 
     ``bind`` (a connection, or an engine to take one from) must have no transaction
     open: this one begins and commits it, and any failure rolls the whole of it back;
-    the caller reports the reason. Returns per-table counts with deleted rows, and
-    the backup's location.
+    the caller reports the reason. Where the dialect can return deleted rows and a
+    ``capture`` hook is given, the backup is taken from ``DELETE ... RETURNING *``
+    (one statement per table instead of a SELECT and a DELETE); otherwise ``backup``
+    reads the rows first. Returns per-table counts with deleted rows, and the
+    backup's location.
     """
     _require(verdict)
     if not plan:
         return [], None
     if isinstance(bind, Engine):
         with bind.connect() as own:
-            return apply(own, plan, verdict=verdict, max_rows=max_rows, backup=backup)
+            return apply(
+                own, plan, verdict=verdict, max_rows=max_rows, backup=backup, capture=capture
+            )
     conn = bind.execution_options(**{EXECUTOR_OPTION: True})
     with conn.begin():
         counts = count(conn, plan)
@@ -107,15 +124,27 @@ def apply(
                 "nothing was deleted; narrow the registration or raise "
                 "@pytest.mark.safe_cleanup(max_rows=...) / ini safe_cleanup_max_rows"
             )
-        location = backup(conn, plan, counts) if backup is not None else None
+        if total == 0:
+            return [TableCount(c.table, 0, 0) for c in counts], None
         done: list[TableCount] = []
-        for (name, statement), counted in zip(delete_statements(plan), counts, strict=True):
+        statements = delete_statements(plan)
+        if capture is not None and conn.dialect.delete_returning:
+            captured: Captured = []
+            for step, (name, statement), counted in zip(
+                plan.steps, statements, counts, strict=True
+            ):
+                result: CursorResult[Any] = conn.execute(statement.returning(literal_column("*")))
+                columns, rows = list(result.keys()), result.all()
+                if len(rows) != counted.counted:
+                    raise _mismatch(name, counted.counted, len(rows))
+                captured.append((name, step.table, columns, rows))
+                done.append(TableCount(name, counted.counted, len(rows)))
+            location = capture(conn, plan, captured, counts)
+            return done, location
+        location = backup(conn, plan, counts) if backup is not None else None
+        for (name, statement), counted in zip(statements, counts, strict=True):
             deleted = conn.execute(statement).rowcount
             if deleted != counted.counted:
-                raise CountMismatch(
-                    f"{name}: counted {counted.counted} rows but the delete removed "
-                    f"{deleted}; rolled back, nothing was deleted (a concurrent writer, "
-                    "a trigger, or a condition that depends on rows deleted earlier)"
-                )
+                raise _mismatch(name, counted.counted, deleted)
             done.append(TableCount(name, counted.counted, deleted))
     return done, location

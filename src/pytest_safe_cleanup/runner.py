@@ -413,43 +413,51 @@ class Conductor:
             return outcomes(counted(), decision.status, decision.reason)
 
         strategy = ctx.backup or self.settings.backup
-        hook = self._backup_hook(strategy, conn, target, ctx)
+        self._prepare_backup(strategy, conn, target)
         max_rows = ctx.max_rows if ctx.max_rows is not None else self.settings.max_rows
-        done, location = executor.apply(conn, plan, verdict=verdict, max_rows=max_rows, backup=hook)
+        before: executor.BackupHook | None = None
+        capture: executor.CaptureHook | None = None
+        if strategy == "rows" and self.store is not None:
+            store = self.store
+
+            def before(c: Connection, p: Plan, counts: list[executor.TableCount]) -> str | None:
+                return str(store.write_rows(c, p, counts, nodeid=ctx.nodeid, target=target).path)
+
+            def capture(
+                c: Connection, p: Plan, rows: executor.Captured, counts: list[executor.TableCount]
+            ) -> str | None:
+                info = store.write_captured(
+                    c.dialect.name, p, rows, counts, nodeid=ctx.nodeid, target=target
+                )
+                return str(info.path)
+
+        done, location = executor.apply(
+            conn, plan, verdict=verdict, max_rows=max_rows, backup=before, capture=capture
+        )
         if strategy == "pg_dump":
             location = self._dumps.get(target.key)
         self._audit(ctx, target, verdict, done, location, strategy)
         return outcomes(done, "deleted", decision.reason, location)
 
-    def _backup_hook(
-        self, strategy: str, conn: Connection, target: Target, ctx: TestContext
-    ) -> executor.BackupHook | None:
+    def _prepare_backup(self, strategy: str, conn: Connection, target: Target) -> None:
+        """Check the strategy can run; make the session's pg_dump before the first delete."""
         if strategy == "none":
             warning = "safe_cleanup_backup = none: deletions had no backup"
             if warning not in self.report.warnings:
                 self.report.warnings.append(warning)
-            return None
+            return
         if self.store is None:
             raise executor.ExecutionError("no backup folder is configured: nothing was deleted")
-        store = self.store
-        if strategy == "pg_dump":
+        if strategy == "pg_dump" and target.key not in self._dumps:
             if conn.dialect.name != "postgresql":
                 raise executor.ExecutionError(
                     f"safe_cleanup_backup = pg_dump needs PostgreSQL, not {conn.dialect.name}: "
                     "nothing was deleted; use rows"
                 )
-            if target.key not in self._dumps:
-                # Whole-database dump once per session and target, before its first delete.
-                self._dumps[target.key] = str(dump_database(conn.engine.url, store.ensure_folder()))
-            return None
-
-        def write(c: Connection, plan: Plan, counts: list[executor.TableCount]) -> str | None:
-            if not any(n.counted for n in counts):
-                return None
-            info = store.write_rows(c, plan, counts, nodeid=ctx.nodeid, target=target)
-            return str(info.path)
-
-        return write
+            # Whole-database dump once per session and target, before its first delete.
+            self._dumps[target.key] = str(
+                dump_database(conn.engine.url, self.store.ensure_folder())
+            )
 
     def _audit(
         self,

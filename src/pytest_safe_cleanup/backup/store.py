@@ -17,12 +17,12 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -209,6 +209,41 @@ class BackupStore:
         Returns only once the file is fsynced and read back with the counted rows and
         the checksum; any failure removes the partial file and raises BackupError.
         """
+
+        def selected() -> Iterator[tuple[str, Table, list[str], Iterable[Sequence[Any]]]]:
+            for step in plan.steps:
+                result = conn.execute(
+                    select(text("*")).select_from(step.selectable).where(step.condition)
+                )
+                yield step.name, step.table, list(result.keys()), result
+
+        return self._write_file(conn.dialect.name, plan, selected(), counts, nodeid, target)
+
+    def write_captured(
+        self,
+        dialect: str,
+        plan: Plan,
+        captured: Sequence[tuple[str, Table, list[str], Sequence[Sequence[Any]]]],
+        counts: list[TableCount],
+        *,
+        nodeid: str,
+        target: Target,
+    ) -> BackupInfo:
+        """Back up rows the deletes already returned (``DELETE ... RETURNING *``).
+
+        The transaction is still open: a failure here rolls the deletes back.
+        """
+        return self._write_file(dialect, plan, iter(captured), counts, nodeid, target)
+
+    def _write_file(
+        self,
+        dialect: str,
+        plan: Plan,
+        tables: Iterator[tuple[str, Table, list[str], Iterable[Sequence[Any]]]],
+        counts: list[TableCount],
+        nodeid: str,
+        target: Target,
+    ) -> BackupInfo:
         expected = {c.table: c.counted for c in counts}
         self._ensure_run()
         path = self._next_path(nodeid)
@@ -218,7 +253,7 @@ class BackupStore:
             raise BackupError(f"cannot create backup file {path}: {_why(exc)}") from None
         try:
             with os.fdopen(fd, "wb") as handle:
-                digest, written = self._write(handle, conn, plan, nodeid, target)
+                digest, written = self._write(handle, dialect, plan, tables, nodeid, target)
                 handle.flush()
                 os.fsync(handle.fileno())
             fsync_dir(self.folder)
@@ -254,7 +289,13 @@ class BackupStore:
         return BackupInfo(path, sum(written.values()), written, digest)
 
     def _write(
-        self, handle: IO[bytes], conn: Connection, plan: Plan, nodeid: str, target: Target
+        self,
+        handle: IO[bytes],
+        dialect: str,
+        plan: Plan,
+        tables: Iterator[tuple[str, Table, list[str], Iterable[Sequence[Any]]]],
+        nodeid: str,
+        target: Target,
     ) -> tuple[str, dict[str, int]]:
         sha = hashlib.sha256()
 
@@ -268,7 +309,7 @@ class BackupStore:
                     "kind": "header",
                     "format": FORMAT,
                     "version": VERSION,
-                    "dialect": conn.dialect.name,
+                    "dialect": dialect,
                     "url": target.masked_url,
                     "restore_url": restore_url(target),
                     "target": target.name,
@@ -281,26 +322,23 @@ class BackupStore:
             )
         )
         written: dict[str, int] = {}
-        for step in plan.steps:
-            result = conn.execute(
-                select(text("*")).select_from(step.selectable).where(step.condition)
-            )
+        for name, table, columns, rows in tables:
             put(
                 dumps(
                     {
                         "kind": "table",
-                        "name": step.name,
-                        "table": step.table.name,
-                        "schema": step.table.schema,
-                        "columns": list(result.keys()),
+                        "name": name,
+                        "table": table.name,
+                        "schema": table.schema,
+                        "columns": columns,
                     }
                 )
             )
             n = 0
-            for row in result:
+            for row in rows:
                 put(dumps([encode(v) for v in row]))
                 n += 1
-            written[step.name] = n
+            written[name] = n
         body = sha.hexdigest()
         footer = {"kind": "footer", "rows": written, "total": sum(written.values()), "sha256": body}
         handle.write(dumps(footer))
