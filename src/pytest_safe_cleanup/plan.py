@@ -73,7 +73,7 @@ class Step:
     @property
     def name(self) -> str:
         """The table's name as reported (schema-qualified where it has a schema)."""
-        return self.table.fullname
+        return str(self.table.fullname)  # a plain str: reports cross process boundaries
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,12 @@ class State:
         self.settings = settings
         worker = os.environ.get("PYTEST_XDIST_WORKER", "")
         self.is_worker = bool(worker)
-        self.run_id = settings.run_id or (
-            f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        # One run id for the whole run: xdist workers take the controller's.
+        workerinput = getattr(config, "workerinput", {})
+        self.run_id = (
+            settings.run_id
+            or workerinput.get(RUN_ID_KEY)
+            or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
         )
         self.tag_prefix = f"{hashlib.sha1(self.run_id.encode()).hexdigest()[:6]}-{worker or 'm'}"
         self.tags = itertools.count(1)
@@ -181,6 +185,31 @@ class State:
         self.guardian.uninstall()
 
 
+RUN_ID_KEY = "safe_cleanup_run_id"
+WORKER_OUTPUT_KEY = "safe_cleanup_report"
+
+
+class XdistController:
+    """Registered on the xdist controller only.
+
+    It hands workers the run id and gathers their outcomes, so one summary and one
+    JSON report cover the whole run.
+    """
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def pytest_configure_node(self, node: Any) -> None:
+        """Give the worker the controller's run id."""
+        node.workerinput[RUN_ID_KEY] = self.state.run_id
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """Merge a finished worker's report."""
+        wire = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY)
+        if wire:
+            self.state.report.merge(wire)
+
+
 state_key = pytest.StashKey[State]()
 report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
 
@@ -233,6 +262,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if refusal:
         raise pytest.UsageError(f"safe-cleanup: {refusal}")
     state.guardian.install()
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(XdistController(state), "safe_cleanup_xdist")
     if settings.url is not None:
         _check_start_target(state, settings.url)
 
@@ -560,6 +591,11 @@ def _guard_async_engine(state: State, engine: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash.get(state_key, None)
     if state is None:
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        # An xdist worker: the controller reports for the whole run.
+        workeroutput[WORKER_OUTPUT_KEY] = state.report.to_wire()
         return
     if state.settings.report is not None:
         state.report.write_json(Path(state.settings.report))

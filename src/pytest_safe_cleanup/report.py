@@ -138,6 +138,28 @@ class Report:
             "warnings": list(self.warnings),
         }
 
+    def to_wire(self) -> dict[str, Any]:
+        """Plain data an xdist worker sends to the controller (JSON types only)."""
+        wire = {
+            "targets": {k: asdict(t) for k, t in self.targets.items()},
+            "cleanups": [asdict(o) for o in self.cleanups],
+            "warnings": list(self.warnings),
+            "notes": list(self.notes),
+        }
+        loaded: dict[str, Any] = json.loads(json.dumps(wire))
+        return loaded
+
+    def merge(self, wire: dict[str, Any]) -> None:
+        """Take a worker's outcomes into this (the controller's) report."""
+        for key, raw in wire.get("targets", {}).items():
+            info = TargetInfo(**{**raw, "reasons": tuple(raw["reasons"])})
+            known = self.targets.get(key)
+            self.targets[key] = replace(info, used=info.used or (known is not None and known.used))
+        self.cleanups.extend(Outcome(**o) for o in wire.get("cleanups", []))
+        for kind in ("warnings", "notes"):
+            mine = getattr(self, kind)
+            mine.extend(w for w in wire.get(kind, []) if w not in mine)
+
     def write_json(self, path: Path) -> None:
         """Write the JSON report, creating its folder."""
         path.parent.mkdir(parents=True, exist_ok=True)
