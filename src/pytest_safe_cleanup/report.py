@@ -59,6 +59,7 @@ class Report:
     cleanups: list[Outcome] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
 
     def add_target(self, key: str, info: TargetInfo) -> None:
         """Record a target's verdict (computed once per session)."""
@@ -134,6 +135,7 @@ class Report:
             ],
             "cleanups": [asdict(o) for o in self.cleanups],
             "notes": list(self.notes),
+            "hints": list(self.hints),
             "totals": self.totals(),
             "warnings": list(self.warnings),
         }
@@ -145,6 +147,7 @@ class Report:
             "cleanups": [asdict(o) for o in self.cleanups],
             "warnings": list(self.warnings),
             "notes": list(self.notes),
+            "hints": list(self.hints),
         }
         loaded: dict[str, Any] = json.loads(json.dumps(wire))
         return loaded
@@ -156,7 +159,7 @@ class Report:
             known = self.targets.get(key)
             self.targets[key] = replace(info, used=info.used or (known is not None and known.used))
         self.cleanups.extend(Outcome(**o) for o in wire.get("cleanups", []))
-        for kind in ("warnings", "notes"):
+        for kind in ("warnings", "notes", "hints"):
             mine = getattr(self, kind)
             mine.extend(w for w in wire.get(kind, []) if w not in mine)
 
@@ -211,6 +214,7 @@ class Report:
                     f"  {o.nodeid}: {o.target}.{o.table} counted {o.counted} "
                     f"deleted {_n(o.deleted)} [{o.status}]"
                 )
+        lines.extend(f"hint: {h}" for h in self.hints)
         lines.extend(f"warning: {w}" for w in self.warnings)
         return lines
 
@@ -230,6 +234,7 @@ class Report:
             out += ["", "| status | test | reason |", "| --- | --- | --- |"]
             for o in problems:
                 out.append(f"| {o.status} | `{o.nodeid}` | {o.reason.replace('|', '/')} |")
+        out.extend(f"\n> hint: {h}" for h in self.hints)
         out.extend(f"\n> warning: {w}" for w in self.warnings)
         return "\n".join(out) + "\n"
 

@@ -298,6 +298,7 @@ class Conductor:
         self.intents = IntentBook()
         #: whole-database dumps made this session, per target
         self._dumps: dict[str, str] = {}
+        self._hinted: set[tuple[str, str]] = set()
 
     def finish(
         self, entries: list[tuple[AnyEngine, list[Registration]]], ctx: TestContext
@@ -369,6 +370,7 @@ class Conductor:
         """Plan, verdict, intent and execution for one database, on one connection."""
         plan = build_plan(registrations)
         target, verdict = self.guardian.check_connection(conn)
+        self._hint(conn, target, plan)
 
         def outcomes(
             counts: list[executor.TableCount],
@@ -438,6 +440,23 @@ class Conductor:
             location = self._dumps.get(target.key)
         self._audit(ctx, target, verdict, done, location, strategy)
         return outcomes(done, "deleted", decision.reason, location)
+
+    def _hint(self, conn: Connection, target: Target, plan: Plan) -> None:
+        """Name unindexed foreign keys into the plan's tables, once per table a session."""
+        fresh = [s.table for s in plan.steps if (target.key, s.name) not in self._hinted]
+        if not fresh:
+            return
+        self._hinted.update((target.key, t.fullname) for t in fresh)
+        try:
+            hints = executor.unindexed_references(conn, fresh)
+        except SQLAlchemyError:
+            hints = []  # a hint never stops a cleanup
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+        for hint in hints:
+            if hint not in self.report.hints:
+                self.report.hints.append(hint)
 
     def _prepare_backup(self, strategy: str, conn: Connection, target: Target) -> None:
         """Check the strategy can run; make the session's pg_dump before the first delete."""
