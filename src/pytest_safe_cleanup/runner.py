@@ -438,7 +438,13 @@ class Conductor:
         )
         if strategy == "pg_dump":
             location = self._dumps.get(target.key)
-        self._audit(ctx, target, verdict, done, location, strategy)
+        try:
+            self._audit(ctx, target, verdict, done, location, strategy)
+        except BackupError as exc:
+            # After the commit: the rows are gone, so "nothing was deleted" would be false.
+            saved = f"backed up to {location}" if location else "not backed up"
+            reason = f"the rows were deleted and {saved}, but the audit log could not be written"
+            return outcomes(done, "failed", f"{reason}: {exc}", location)
         return outcomes(done, "deleted", decision.reason, location)
 
     def _hint(self, conn: Connection, target: Target, plan: Plan) -> None:
