@@ -238,14 +238,6 @@ def test_every_type_round_trips_through_the_plugin_and_restore(
     assert ids(url, "everything") == {99, *(r[0] for r in before)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an interval with months or years comes back as days: psycopg turns "
-    "'1 year 2 mons 3 days' into timedelta(days=428), the codec stores that timedelta, "
-    "and restore writes '428 days' (adding it to a date gives another date). Fix: back up "
-    "interval columns as text (cast in the backup SELECT, or a psycopg text loader) or "
-    "refuse such values with CodecError like any value that cannot be kept exactly",
-)
 def test_interval_with_months_round_trips_through_the_plugin(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:

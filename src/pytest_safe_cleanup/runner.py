@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import executor
 from .backup import BackupError, BackupStore, dump_database
+from .backup.store import exact_values
 from .guard import Level, Reason, Verdict, evaluate, read_environment
 from .intent import IntentBook
 from .plan import AnyEngine, Plan, Registration, RegistrationError, build_plan, is_async_engine
@@ -433,9 +435,10 @@ class Conductor:
                 )
                 return str(info.path)
 
-        done, location = executor.apply(
-            conn, plan, verdict=verdict, max_rows=max_rows, backup=before, capture=capture
-        )
+        with exact_values(conn) if before is not None else nullcontext():
+            done, location = executor.apply(
+                conn, plan, verdict=verdict, max_rows=max_rows, backup=before, capture=capture
+            )
         if strategy == "pg_dump":
             location = self._dumps.get(target.key)
         try:
