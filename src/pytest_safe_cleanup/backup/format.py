@@ -4,7 +4,9 @@ Layout, one JSON value per line::
 
     {"kind": "header", "format": ..., "version": 1, "tables": [deletion order], ...}
     {"kind": "table", "name": "app.users", "table": "users", "schema": "app", "columns": [...]}
-    [row values, encoded, in column order]            <- rows of the last table record
+    {"kind": "rows", "rows": [[row values, encoded, in column order], ...]}
+                                                      <- rows of the last table record
+    [row values, encoded, in column order]            <- one row (also accepted)
     ...
     {"kind": "footer", "rows": {"app.users": 3}, "total": 3, "sha256": "<of every line above>"}
 
@@ -121,6 +123,14 @@ def parse(path: Path, data: bytes) -> Backup:
                 if not tables or len(record) != len(tables[-1].columns):
                     raise _damaged(path, "a row that does not match its table's columns")
                 tables[-1].rows.append(tuple(decode(v) for v in record))
+            elif isinstance(record, dict) and record.get("kind") == "rows":
+                if not tables or not isinstance(record.get("rows"), list):
+                    raise _damaged(path, "rows before their table record")
+                width = len(tables[-1].columns)
+                for row in record["rows"]:
+                    if not isinstance(row, list) or len(row) != width:
+                        raise _damaged(path, "a row that does not match its table's columns")
+                    tables[-1].rows.append(tuple(decode(v) for v in row))
             elif isinstance(record, dict) and record.get("kind") == "table":
                 tables.append(
                     BackupTable(
