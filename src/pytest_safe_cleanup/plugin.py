@@ -392,6 +392,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _state(session.config).session = session
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: Any
+) -> Generator[None, Any, Any]:
+    """The engine fixtures hand out watched engines, used alone or with safe_cleanup."""
+    value = yield
+    if fixturedef.argname in ("safe_cleanup_engine", "safe_cleanup_async_engine"):
+        engine = getattr(value, "sync_engine", value)
+        if isinstance(engine, Engine):
+            _state(request.config).guardian.watch(engine)
+    return value
+
+
 def _guard_engine(state: State, engine: Engine) -> None:
     """Refuse a BLOCK target before the test touches it, and stop the session."""
     __tracebackhide__ = True
@@ -470,7 +483,9 @@ def disposable_postgres(pytestconfig: pytest.Config) -> Iterator[DisposableDatab
     """A throwaway PostgreSQL database for this session (see safe_cleanup_postgres)."""
     state = _state(pytestconfig)
     try:
-        database, provider, why = start_disposable(state.settings.postgres, os.environ)
+        database, provider, why = start_disposable(
+            state.settings.postgres, os.environ, image=state.settings.postgres_image
+        )
     except ProviderUnavailable as exc:
         message = f"safe-cleanup: no disposable PostgreSQL: {exc}"
         if os.environ.get("SAFE_CLEANUP_REQUIRE_POSTGRES") == "1":

@@ -55,6 +55,14 @@ _API_TIMEOUT = 60
 _PULL_TIMEOUT = 600
 _CONNECT_TIMEOUT = 30.0
 _DUMP_MAGIC = b"PGDMP"
+_SPEED_SETTINGS = (
+    "-c",
+    "fsync=off",
+    "-c",
+    "synchronous_commit=off",
+    "-c",
+    "full_page_writes=off",
+)
 _MAX_REASON = 300
 
 
@@ -65,6 +73,15 @@ class ContainerDumpError(RuntimeError):
 def engine_endpoint(environ: Mapping[str, str]) -> str:
     """The engine address the Docker SDK will use with this environment."""
     return environ.get("DOCKER_HOST", "").strip() or DEFAULT_ENDPOINT
+
+
+def _sdk_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Environment for docker.from_env, naming the engine explicitly.
+
+    The SDK reads os.environ when handed an empty mapping; naming DOCKER_HOST keeps it
+    on the engine this environment means.
+    """
+    return {**environ, "DOCKER_HOST": engine_endpoint(environ)}
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -133,7 +150,7 @@ def _connect_engine(environ: Mapping[str, str], timeout: int) -> tuple[Any, str 
     def connect() -> None:
         client: Any = None
         try:
-            client = docker.from_env(timeout=timeout, environment=dict(environ))
+            client = docker.from_env(timeout=timeout, environment=_sdk_environment(environ))
             client.ping()
         except BaseException as exc:
             if client is not None:
@@ -222,7 +239,7 @@ class DockerPostgres(Provider):
         engine_timeout: int = ENGINE_TIMEOUT,
     ) -> None:
         self.image = image.strip() or DEFAULT_IMAGE
-        self._environ = dict(os.environ if environ is None else environ)
+        self._environ = _sdk_environment(os.environ if environ is None else environ)
         self._engine_timeout = engine_timeout
         self._lock = threading.Lock()
         self._container: Any = None  # testcontainers PostgresContainer while running
@@ -306,6 +323,9 @@ class DockerPostgres(Provider):
                 },
             )
             container.with_name(f"safe-cleanup-pg-{secrets.token_hex(4)}")
+            # A throwaway needs no durability (the official image's entrypoint honours both).
+            container.with_env("POSTGRES_INITDB_ARGS", "--no-sync")
+            container.with_command(["postgres", *_SPEED_SETTINGS])
             self._container = container
             if not self._registered:
                 atexit.register(self.stop)
