@@ -364,16 +364,16 @@ def test_dry_run_reports_a_confirm_target_and_deletes_nothing(
         "--safe-cleanup=dry", "--safe-cleanup-url", url, "-p", "no:cacheprovider"
     )
 
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines([
         "*= safe cleanup =*",
         "mode: dry (--safe-cleanup)*",
         "dry run: nothing was deleted*",
         f"target {name} *: CONFIRM",
         "  - ENVIRONMENT='qa' is neither allowed nor blocked*",
-        "*.client_accounts * 4 * -",
+        "*.client_accounts * 6 * -",
     ])
-    # The seeded rows and the rows the four tests made (4 accounts, 10 users, 5 assets).
-    made = {"client_accounts": 4, "users": 10, "assets": 5}
+    # The seeded rows and the rows the six example tests made (6 accounts, 14 users, 7 assets).
+    made = {"client_accounts": 6, "users": 14, "assets": 7}
     for table, n in DEMO_SEED.items():
         assert count_rows(url, table) == n + made[table], table

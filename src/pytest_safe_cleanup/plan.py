@@ -385,7 +385,9 @@ def order_children_first(tables: Iterable[Table]) -> list[Table]:
         for parent in (parents[name] & by_name.keys()) - {name}:
             graph[parent].add(name)
     try:
-        order = list(TopologicalSorter(graph).static_order())
+        # Sorted predecessors: sets of names iterate in a per-process hash order, and the
+        # deletion order (and the summary's table order) must be the same on every run.
+        order = list(TopologicalSorter({n: sorted(p) for n, p in graph.items()}).static_order())
     except CycleError as exc:
         cycle = " -> ".join(dict.fromkeys(exc.args[1]))
         raise RegistrationError(

@@ -52,7 +52,9 @@ _WORD = re.compile(r"[A-Za-z_]+")
 _CTE_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
 _SELECT_INTO = re.compile(r"^SELECT\b.*?\bINTO\b\s+(?!@|:)", re.IGNORECASE | re.DOTALL)
 _ANALYZE = re.compile(r"\bANALY[SZ]E\b", re.IGNORECASE)
-_COPY_FROM = re.compile(r"^COPY\b.*?\bFROM\b", re.IGNORECASE | re.DOTALL)
+# COPY (query) TO ... reads; only COPY table [(columns)] FROM ... writes.
+_COPY_FROM = re.compile(r"^COPY\s+(?![\s(]).*?\bFROM\b", re.IGNORECASE | re.DOTALL)
+_INNER_COMMENT = re.compile(r"/\*(?:(?!/\*|\*/).)*\*/", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,21 @@ _READ = Statement("", False, False)
 
 @lru_cache(maxsize=4096)
 def classify(sql: str) -> Statement:
-    """Classify one SQL text; unknown verbs (SET, SHOW, BEGIN, PRAGMA ...) are reads."""
-    text = _NOISE.sub(" ", sql).lstrip(" \t\r\n(;")
+    """Classify one SQL text; unknown verbs (SET, SHOW, BEGIN, PRAGMA ...) are reads.
+
+    A text with several statements (``SELECT 1; DELETE ...``) is what its most
+    dangerous statement is. PostgreSQL nests comments: innermost ones go first.
+    """
+    text = _NOISE.sub(" ", sql)
+    while "*/" in text and _INNER_COMMENT.search(sql):  # a comment closed inside a comment
+        sql = _INNER_COMMENT.sub(" ", sql)
+        text = _NOISE.sub(" ", sql)
+    parts = [_classify_one(part) for part in text.split(";")]
+    return max(parts, key=lambda s: (s.destructive, s.writes))
+
+
+def _classify_one(text: str) -> Statement:
+    text = text.lstrip(" \t\r\n(")
     match = _WORD.match(text)
     if match is None:
         return _READ

@@ -191,8 +191,9 @@ def database_name(url: URL) -> str:
 
 def target_key(url: URL) -> str:
     """A password-free identity for caching verdicts per target."""
+    # The backend, not the driver: psycopg and asyncpg reach the same database.
     bare = URL.create(
-        url.drivername, url.username, None, url.host, url.port, url.database, url.query
+        url.get_backend_name(), url.username, None, url.host, url.port, url.database, url.query
     )
     return _without_secrets(bare).render_as_string(hide_password=True)
 
