@@ -1,19 +1,52 @@
-"""pytest-safe-cleanup: safe test-data teardown against real databases."""
+"""pytest-safe-cleanup: safe test-data teardown against real databases.
+
+Names are loaded on first use: pytest imports this package with the plugin, and a suite
+that never touches a database should not pay for loading SQLAlchemy.
+"""
 
 from __future__ import annotations
 
-from .guard import Level, Verdict, evaluate
-from .plan import SafeCleanup
-from .settings import Settings
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Level", "SafeCleanup", "Settings", "Verdict", "__version__", "evaluate", "get_settings"]
+if TYPE_CHECKING:
+    from .guard import Level, Verdict, evaluate
+    from .plan import AsyncSafeCleanup, SafeCleanup
+    from .settings import Settings
 
-try:
-    from importlib.metadata import version as _version
+__all__ = [
+    "AsyncSafeCleanup",
+    "Level",
+    "SafeCleanup",
+    "Settings",
+    "Verdict",
+    "__version__",
+    "evaluate",
+    "get_settings",
+]
 
-    __version__ = _version("pytest-safe-cleanup")
-except Exception:
-    __version__ = "unknown"
+_LAZY = {
+    "AsyncSafeCleanup": "plan",
+    "SafeCleanup": "plan",
+    "Level": "guard",
+    "Verdict": "guard",
+    "evaluate": "guard",
+    "Settings": "settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("pytest-safe-cleanup")
+        except PackageNotFoundError:  # running from a source tree without metadata
+            return "unknown"
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_settings(config: object) -> Settings:

@@ -10,9 +10,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from .settings import Settings
-from .target import Target
+
+if TYPE_CHECKING:  # target.py loads SQLAlchemy; the guard's rules need none of it
+    from .target import Target
 
 DISPOSABLE = "disposable"
 
@@ -67,6 +70,17 @@ def read_environment(env_vars: tuple[str, ...], environ: Mapping[str, str]) -> E
         if value:
             return Environment(name, value, env_vars)
     return Environment(None, None, env_vars)
+
+
+def environment_refusal(environment: Environment, settings: Settings) -> str | None:
+    """The refusal text when the process environment itself is blocked."""
+    if environment.value is not None and environment.value in settings.blocked_environments:
+        return (
+            f"{environment.variable}={environment.value!r} is a blocked environment: "
+            "safe-cleanup refuses to take part in this run in any mode; run deliberate "
+            "production checks without the plugin (-p no:safe_cleanup)"
+        )
+    return None
 
 
 def name_tokens(name: str) -> list[str]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .guard import Level, Verdict
-from .target import Target
+
+if TYPE_CHECKING:
+    from .target import Target
 
 
 class IntentError(ValueError):

@@ -14,29 +14,27 @@ import secrets
 import sys
 from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from . import intent
-from .backup import BackupStore
-from .plan import (
-    AsyncSafeCleanup,
-    RegistrationBook,
-    SafeCleanup,
-    TableResolver,
-    is_async_engine,
-)
-from .providers import DisposableDatabase, ProviderUnavailable, start_disposable
+from .guard import environment_refusal, read_environment
 from .report import Report
-from .runner import Blocked, Conductor, Guardian, TestContext, first_line, target_info
 from .settings import BACKUPS, INI_HELP, LIST_INI, MODES, Settings, SettingsError, resolve
-from .target import Target, TargetError
+
+if TYPE_CHECKING:
+    # SQLAlchemy and the modules built on it load only when a database is in play: a
+    # suite that never touches one pays for none of it (importing them costs ~0.3 s).
+    from sqlalchemy.engine import Engine
+
+    from .backup import BackupStore
+    from .plan import AsyncSafeCleanup, RegistrationBook, SafeCleanup, TableResolver
+    from .providers import DisposableDatabase
+    from .runner import Blocked, Conductor, Guardian, TestContext
+    from .target import Target
 
 # Captured before pytest's capture replaces the standard streams.
 _TTYS = (os.isatty(0), os.isatty(1))
@@ -121,34 +119,62 @@ class State:
             or workerinput.get(RUN_ID_KEY)
             or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
         )
+        self.worker = worker
         self.tag_prefix = f"{hashlib.sha1(self.run_id.encode()).hexdigest()[:6]}-{worker or 'm'}"
         self.tags = itertools.count(1)
-        self.guardian = Guardian(settings)
         self.report = Report(settings.mode, self.run_id, settings.source("mode"))
         self.interactive = intent.is_interactive(*_TTYS, os.environ, self.is_worker)
-        self.store = BackupStore(
-            _backup_root(config, settings),
+        self.resolvers: dict[int, TableResolver] = {}
+        self.current_item: pytest.Item | None = None
+        self.default_target: Target | None = None
+        self._engine: Engine | None = None
+        self.watching = False
+        self.session: pytest.Session | None = None
+
+    @cached_property
+    def guardian(self) -> Guardian:
+        """The verdict cache and engine watch (loads SQLAlchemy)."""
+        from .runner import Guardian, target_info
+
+        guardian = Guardian(self.settings)
+        guardian.on_verdict = lambda t, v: self.report.add_target(t.key, target_info(t, v))
+        guardian.on_block = self._stop_session
+        guardian.on_use = lambda t: self.report.use_target(t.key)
+        return guardian
+
+    @cached_property
+    def store(self) -> BackupStore:
+        """The backup folder of this run (created at the first backup)."""
+        from .backup import BackupStore
+
+        return BackupStore(
+            _backup_root(self.config, self.settings),
             self.run_id,
-            worker=worker or None,
-            keep=settings.backup_keep,
+            worker=self.worker or None,
+            keep=self.settings.backup_keep,
         )
-        self.conductor = Conductor(
-            settings,
+
+    @cached_property
+    def conductor(self) -> Conductor:
+        """Runs teardowns through the layers."""
+        from .runner import Conductor
+
+        return Conductor(
+            self.settings,
             self.guardian,
             self.report,
             interactive=self.interactive,
             prompt=self.prompt,
             store=self.store,
         )
-        self.resolvers: dict[int, TableResolver] = {}
-        self.current_nodeid = ""
-        self.current_confirms: frozenset[str] = frozenset()
-        self.default_target: Target | None = None
-        self._engine: Engine | None = None
-        self.guardian.on_verdict = lambda t, v: self.report.add_target(t.key, target_info(t, v))
-        self.guardian.on_block = self._stop_session
-        self.guardian.on_use = lambda t: self.report.use_target(t.key)
-        self.session: pytest.Session | None = None
+
+    def ensure_watch(self) -> None:
+        """Watch every SQLAlchemy engine from now on; called once a database is in play."""
+        if self.watching:
+            return
+        self.watching = True
+        self.guardian.install()
+        self.config.pluginmanager.register(DatabaseHooks(self), "safe_cleanup_database_hooks")
 
     def _stop_session(self, blocked: Blocked) -> None:
         if self.session is not None:
@@ -173,6 +199,7 @@ class State:
 
     def default_engine(self) -> Engine:
         """The engine of the configured URL, made once."""
+        self.ensure_watch()
         if self._engine is None:
             assert self.settings.url is not None
             self._engine = make_engine(self.settings.url)
@@ -182,7 +209,39 @@ class State:
         """Release the default engine and stop watching connections."""
         if self._engine is not None:
             self._engine.dispose()
-        self.guardian.uninstall()
+        if self.watching:
+            self.guardian.uninstall()
+
+
+class DatabaseHooks:
+    """Per-test hooks that only matter once SQLAlchemy is loaded (registered then)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        """Statements sent while this test's body runs are attributed to it."""
+        guardian = self.state.guardian
+        guardian.current_test = item.nodeid
+        try:
+            return (yield)
+        finally:
+            guardian.current_test = None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: Any
+    ) -> Generator[None, Any, Any]:
+        """The engine fixtures hand out watched engines, used alone or with safe_cleanup."""
+        value = yield
+        if fixturedef.argname in ("safe_cleanup_engine", "safe_cleanup_async_engine"):
+            engine = getattr(value, "sync_engine", value)
+            from sqlalchemy.engine import Engine
+
+            if isinstance(engine, Engine):
+                self.state.guardian.watch(engine)
+        return value
 
 
 RUN_ID_KEY = "safe_cleanup_run_id"
@@ -216,6 +275,12 @@ report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 def make_engine(url: str) -> Engine:
     """An engine for a URL, with a one-line error for a missing driver."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .runner import first_line
+    from .target import TargetError
+
     try:
         return create_engine(url)
     except ModuleNotFoundError as exc:
@@ -258,10 +323,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"safe-cleanup: {exc}") from None
     state = State(config, settings)
     config.stash[state_key] = state
-    refusal = state.guardian.environment_blocked()
+    refusal = environment_refusal(read_environment(settings.env_vars, os.environ), settings)
     if refusal:
         raise pytest.UsageError(f"safe-cleanup: {refusal}")
-    state.guardian.install()
+    if "sqlalchemy" in sys.modules:
+        state.ensure_watch()
+    if settings.keep == "failed":
+        config.pluginmanager.register(FailureTracker(), "safe_cleanup_failures")
     if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
         config.pluginmanager.register(XdistController(state), "safe_cleanup_xdist")
     if settings.url is not None:
@@ -270,6 +338,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _check_start_target(state: State, url: str) -> None:
     """A target known at start: refuse a BLOCK before any test runs."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .runner import Blocked, first_line
+    from .target import TargetError
+
+    state.ensure_watch()
     where = state.settings.source("url")
     try:
         target = state.guardian.target(url)
@@ -365,49 +439,42 @@ def _marker_options(node: pytest.Item | None) -> tuple[frozenset[str], dict[str,
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     state = _state(item.config)
-    state.current_nodeid = item.nodeid
-    state.current_confirms = _marker_options(item)[0]
+    state.current_item = item
+    if not state.watching and "sqlalchemy" in sys.modules:
+        state.ensure_watch()
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    guardian = _state(item.config).guardian
-    guardian.current_test = item.nodeid
-    try:
-        return (yield)
-    finally:
-        guardian.current_test = None
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = _state(session.config)
+    if not state.watching and "sqlalchemy" in sys.modules:
+        state.ensure_watch()  # engines made at import time are watched before any test
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    rep = yield
-    item.stash.setdefault(report_key, {})[rep.when] = rep
-    return rep
+class FailureTracker:
+    """Keeps each test's reports (safe_cleanup_keep = failed needs to know it failed)."""
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """Store the report of each phase on the item."""
+        rep = yield
+        item.stash.setdefault(report_key, {})[rep.when] = rep
+        return rep
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     _state(session.config).session = session
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_fixture_setup(
-    fixturedef: pytest.FixtureDef[Any], request: Any
-) -> Generator[None, Any, Any]:
-    """The engine fixtures hand out watched engines, used alone or with safe_cleanup."""
-    value = yield
-    if fixturedef.argname in ("safe_cleanup_engine", "safe_cleanup_async_engine"):
-        engine = getattr(value, "sync_engine", value)
-        if isinstance(engine, Engine):
-            _state(request.config).guardian.watch(engine)
-    return value
-
-
 def _guard_engine(state: State, engine: Engine) -> None:
     """Refuse a BLOCK target before the test touches it, and stop the session."""
     __tracebackhide__ = True
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .runner import Blocked, first_line
+
+    state.ensure_watch()
     state.guardian.watch(engine)
     # pytest.fail is called outside the except blocks: inside, pytest would print the
     # refusal twice ("During handling of the above exception, another exception occurred").
@@ -427,6 +494,8 @@ def _guard_engine(state: State, engine: Engine) -> None:
 
 def _test_context(node: pytest.Item | None) -> TestContext:
     reports = node.stash.get(report_key, {}) if node is not None else {}
+    from .runner import TestContext
+
     _, options = _marker_options(node)
     return TestContext(
         nodeid=node.nodeid if node is not None else "session",
@@ -461,6 +530,9 @@ def _finish_async(state: State, book: RegistrationBook, node: pytest.Item | None
         errors = loop.run_until_complete(state.conductor.finish_async(entries, ctx))
     else:
         from sqlalchemy.ext.asyncio import create_async_engine
+        from sqlalchemy.pool import NullPool
+
+        from .plan import is_async_engine
 
         fresh = asyncio.new_event_loop()
         unpooled = [
@@ -481,7 +553,10 @@ def _finish_async(state: State, book: RegistrationBook, node: pytest.Item | None
 @pytest.fixture(scope="session")
 def disposable_postgres(pytestconfig: pytest.Config) -> Iterator[DisposableDatabase]:
     """A throwaway PostgreSQL database for this session (see safe_cleanup_postgres)."""
+    from .providers import ProviderUnavailable, start_disposable
+
     state = _state(pytestconfig)
+    state.ensure_watch()
     try:
         database, provider, why = start_disposable(
             state.settings.postgres, os.environ, image=state.settings.postgres_image
@@ -503,7 +578,10 @@ def disposable_postgres(pytestconfig: pytest.Config) -> Iterator[DisposableDatab
 @pytest.fixture(scope="session")
 def safe_cleanup_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """The default engine: the configured URL, else a disposable PostgreSQL."""
+    from .target import TargetError
+
     state = _state(request.config)
+    state.ensure_watch()
     if state.settings.url is not None:
         try:
             yield state.default_engine()
@@ -533,7 +611,12 @@ def _make_cleanup(
     else:
 
         def context() -> tuple[str, frozenset[str]]:
-            return state.current_nodeid or "session", state.current_confirms
+            item = state.current_item
+            if item is None:
+                return "session", frozenset()
+            return item.nodeid, _marker_options(item)[0]
+
+    from .plan import SafeCleanup
 
     return SafeCleanup(engine, book=book, tag=state.next_tag(), context=context)
 
@@ -543,6 +626,8 @@ def safe_cleanup(
     request: pytest.FixtureRequest, safe_cleanup_engine: Engine
 ) -> Iterator[SafeCleanup]:
     """Register this test's data for cleanup; it runs through the five layers at teardown."""
+    from .plan import RegistrationBook
+
     state = _state(request.config)
     _guard_engine(state, safe_cleanup_engine)
     book = RegistrationBook(state.resolvers, state.guardian.watch)
@@ -556,6 +641,8 @@ def safe_cleanup_session(
     request: pytest.FixtureRequest, safe_cleanup_engine: Engine
 ) -> Iterator[SafeCleanup]:
     """The same API at session scope: the cleanup runs at session end."""
+    from .plan import RegistrationBook
+
     state = _state(request.config)
     _guard_engine(state, safe_cleanup_engine)
     book = RegistrationBook(state.resolvers, state.guardian.watch)
@@ -571,7 +658,10 @@ def async_safe_cleanup(request: pytest.FixtureRequest) -> Iterator[AsyncSafeClea
     ``.on(async_engine)``. A plain fixture on purpose: it works under pytest-asyncio's
     strict and auto modes alike, and its teardown runs on the test's own loop.
     """
+    from .plan import AsyncSafeCleanup, RegistrationBook
+
     state = _state(request.config)
+    state.ensure_watch()
     try:
         engine: Any = request.getfixturevalue("safe_cleanup_async_engine")
     except pytest.FixtureLookupError:
@@ -590,6 +680,9 @@ def async_safe_cleanup(request: pytest.FixtureRequest) -> Iterator[AsyncSafeClea
 def _guard_async_engine(state: State, engine: Any) -> None:
     """The sync engine behind it is what the watch and the guard see."""
     __tracebackhide__ = True
+    from .plan import is_async_engine
+    from .runner import Blocked
+
     if not is_async_engine(engine):
         pytest.fail(
             f"safe_cleanup_async_engine must return an AsyncEngine, not {type(engine).__name__}",

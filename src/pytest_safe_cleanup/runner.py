@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import executor
 from .backup import BackupError, BackupStore, dump_database
 from .backup.store import exact_values
-from .guard import Level, Reason, Verdict, evaluate, read_environment
+from .guard import Level, Reason, Verdict, environment_refusal, evaluate, read_environment
 from .intent import IntentBook
 from .plan import AnyEngine, Plan, Registration, RegistrationError, build_plan, is_async_engine
 from .report import Outcome, Report, TargetInfo
@@ -113,14 +113,7 @@ class Guardian:
 
     def environment_blocked(self) -> str | None:
         """The refusal text when the process environment itself is blocked."""
-        env = self.environment
-        if env.value is not None and env.value in self.settings.blocked_environments:
-            return (
-                f"{env.variable}={env.value!r} is a blocked environment: safe-cleanup refuses "
-                "to take part in this run in any mode; run deliberate production checks "
-                "without the plugin (-p no:safe_cleanup)"
-            )
-        return None
+        return environment_refusal(self.environment, self.settings)
 
     def mark_disposable(self, url: object) -> None:
         """A provider made this database in this run."""
