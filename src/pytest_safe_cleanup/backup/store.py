@@ -72,9 +72,9 @@ def restore_url(target: Target) -> str | None:
 
     A relative SQLite path is made absolute, since restore may run from elsewhere.
     """
-    if target.masked_url != target.key or "***" in target.key:
+    if "***" in target.masked_url:  # a password (or a secret query value) was masked
         return None
-    url = make_url(target.key)
+    url = make_url(target.masked_url)
     database = url.database or ""
     relative = database not in ("", ":memory:") and not database.startswith("file:")
     if url.get_backend_name() == "sqlite" and relative and not os.path.isabs(database):
