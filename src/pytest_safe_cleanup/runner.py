@@ -381,10 +381,15 @@ class Conductor:
             ]
 
         def counted() -> list[executor.TableCount]:
+            # One statement needs no transaction: in autocommit the count is one
+            # round-trip, with no BEGIN before it and no ROLLBACK after.
+            if not conn.in_transaction():
+                conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 return executor.count(conn, plan)
             finally:
-                conn.rollback()
+                if conn.in_transaction():
+                    conn.rollback()
 
         if self.settings.keep == "failed" and ctx.failed:
             return outcomes(
