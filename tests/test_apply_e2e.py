@@ -576,4 +576,4 @@ def test_cascade_counts_every_table_then_deletes_exactly_those_rows(
     (path,) = {c["backup"] for c in got.values()}
     backup = read_backup(Path(path))
     assert backup.order == ["assets", "users", "accounts"]  # children first
-    assert {t.name: {r[0] for r in t.rows} for t in backup.tables} == expected
+    assert {t.name: {int(r[0]) for r in t.rows} for t in backup.tables} == expected

@@ -151,7 +151,8 @@ def audit_lines(root: Path) -> list[str]:
 
 def backed_up(path: Path) -> dict[str, set[int]]:
     """The ids a verified backup file holds, per table."""
-    return {t.name: {row[0] for row in t.rows} for t in read_backup(path).tables}
+    # PostgreSQL backups hold each value as the server printed it (text): compare as ints.
+    return {t.name: {int(row[0]) for row in t.rows} for t in read_backup(path).tables}
 
 
 def assert_nothing_committed_or_audited(

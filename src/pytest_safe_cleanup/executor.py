@@ -7,6 +7,7 @@ no code path reaches a DELETE without one.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, CursorResult, Engine
 
 from .guard import Level, Verdict
-from .plan import Plan
+from .plan import Plan, Step
 
 #: execution option that marks the plugin's own statements (they are guarded already)
 EXECUTOR_OPTION = "safe_cleanup_executor"
@@ -84,9 +85,46 @@ def count(conn: Connection, plan: Plan) -> list[TableCount]:
 
 
 BackupHook = Callable[[Connection, Plan, list[TableCount]], str | None]
-#: (table name, Table, column names, rows) per step, as the deletes returned them
-Captured = list[tuple[str, Table, list[str], Sequence[Sequence[Any]]]]
+#: (table name, Table, column names, rows, encoding) per step, as the deletes returned them;
+#: encoding "codec": rows of Python values; "postgresql-csv": one str of CSV that the server
+#: wrote with COPY, every value as its type prints it, so no value is converted in Python
+Captured = list[tuple[str, Table, list[str], Any, str]]
+SERVER_CSV = "postgresql-csv"
 CaptureHook = Callable[[Connection, Plan, Captured, list[TableCount]], str | None]
+
+
+def _delete_returning(
+    conn: Connection, step: Step, name: str, statement: Delete, counted: int
+) -> tuple[str, Table, list[str], Any, str]:
+    """Delete one step's rows and take them back as the backup's rows.
+
+    On PostgreSQL through psycopg the server streams the deleted rows itself:
+    ``COPY (DELETE ... RETURNING *) TO STDOUT`` in CSV, each value in its type's own
+    text form, which ``COPY FROM`` reads back exactly; no value is converted in
+    Python. Elsewhere the driver's values go through the codec.
+    """
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        compiled = statement.returning(literal_column("*")).compile(
+            dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        sql = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER true)"
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(sql, compiled.params) as copy:
+                data = b"".join(bytes(chunk) for chunk in copy)
+            deleted = cursor.rowcount
+        finally:
+            cursor.close()
+        if deleted != counted:
+            raise _mismatch(name, counted, deleted)
+        header, _, body = data.decode("utf-8").partition("\n")
+        columns = next(csv.reader([header]))
+        return name, step.table, columns, (body, deleted), SERVER_CSV
+    result: CursorResult[Any] = conn.execute(statement.returning(literal_column("*")))
+    columns, rows = list(result.keys()), result.all()
+    if len(rows) != counted:
+        raise _mismatch(name, counted, len(rows))
+    return name, step.table, columns, rows, "codec"
 
 
 def _mismatch(name: str, counted: int, deleted: int) -> CountMismatch:
@@ -143,12 +181,8 @@ def apply(
             for step, (name, statement), counted in zip(
                 plan.steps, statements, counts, strict=True
             ):
-                result: CursorResult[Any] = conn.execute(statement.returning(literal_column("*")))
-                columns, rows = list(result.keys()), result.all()
-                if len(rows) != counted.counted:
-                    raise _mismatch(name, counted.counted, len(rows))
-                captured.append((name, step.table, columns, rows))
-                done.append(TableCount(name, counted.counted, len(rows)))
+                captured.append(_delete_returning(conn, step, name, statement, counted.counted))
+                done.append(TableCount(name, counted.counted, counted.counted))
             location = capture(conn, plan, captured, counts)
             return done, location
         location = backup(conn, plan, counts) if backup is not None else None

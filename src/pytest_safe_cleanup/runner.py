@@ -29,7 +29,15 @@ from .backup import BackupError, BackupStore, dump_database
 from .backup.store import exact_values
 from .guard import Level, Reason, Verdict, environment_refusal, evaluate, read_environment
 from .intent import IntentBook
-from .plan import AnyEngine, Plan, Registration, RegistrationError, build_plan, is_async_engine
+from .plan import (
+    AnyEngine,
+    Plan,
+    Registration,
+    RegistrationError,
+    build_plan,
+    is_async_engine,
+    sync_engine_of,
+)
 from .report import Outcome, Report, TargetInfo
 from .settings import Settings
 from .stamp import read_stamp
@@ -73,6 +81,13 @@ def _caller_level() -> int:
     while frame is not None and any(part in frame.f_code.co_filename for part in _INTERNAL):
         frame, level = frame.f_back, level + 1  # type: ignore[assignment]
     return level
+
+
+def _dbapi_error(engine: AnyEngine) -> type[Exception]:
+    """The driver's own error class (the COPY path talks to psycopg directly)."""
+    dbapi = getattr(sync_engine_of(engine).dialect, "loaded_dbapi", None)
+    error = getattr(dbapi, "Error", None)
+    return error if isinstance(error, type) and issubclass(error, Exception) else SQLAlchemyError
 
 
 def first_line(exc: BaseException) -> str:
@@ -350,7 +365,7 @@ class Conductor:
             reason = str(exc)
             if isinstance(exc, BackupError):
                 reason = f"the backup could not be written, nothing was deleted: {exc}"
-        elif isinstance(exc, SQLAlchemyError):
+        elif isinstance(exc, SQLAlchemyError | _dbapi_error(engine)):
             reason = f"cleanup failed and was rolled back, nothing was deleted: {first_line(exc)}"
         else:
             reason = (

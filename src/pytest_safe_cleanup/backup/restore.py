@@ -10,6 +10,7 @@ key is already there is a conflict that aborts the whole restore unless
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.sql.elements import ColumnClause
 
+from ..executor import SERVER_CSV
 from ..target import mask_url
 from .format import Backup, BackupError, BackupTable, read_backup
 
@@ -54,6 +56,7 @@ class _Prepared:
     columns: list[str]  # backup columns that are inserted (generated ones are not)
     key: list[int]  # positions of the primary key in the backup's columns
     rows: list[tuple[Any, ...]]
+    table: Table
 
 
 def _bind_type(col: Any, typed: bool) -> Any:
@@ -119,7 +122,61 @@ def _prepare(conn: Connection, bt: BackupTable, typed: bool) -> _Prepared:
     binds: list[ColumnClause[Any]] = [column(c, _bind_type(table.c[c], typed)) for c in columns]
     clause = table_clause(table.name, *binds, schema=table.schema)
     key = [bt.columns.index(c.name) for c in table.primary_key.columns]
-    return _Prepared(bt, clause, columns, key, _self_ordered(table, bt))
+    rows = list(bt.rows) if bt.encoding == SERVER_CSV else _self_ordered(table, bt)
+    return _Prepared(bt, clause, columns, key, rows, table)
+
+
+class _ServerRows:
+    """Rows PostgreSQL wrote with COPY, read back by COPY: every value exactly.
+
+    They go into a temporary table of the target's column types first, so conflicts
+    are found by the server and the real insert is one statement.
+    """
+
+    _names = itertools.count(1)
+
+    def __init__(self, conn: Connection, prep: _Prepared) -> None:
+        if conn.dialect.driver != "psycopg":
+            raise BackupError(
+                f"this backup of {prep.backup.name} holds PostgreSQL COPY data: restore it "
+                "through psycopg (a postgresql+psycopg:// URL); nothing was restored"
+            )
+        preparer = conn.dialect.identifier_preparer
+        self.conn = conn
+        self.table = preparer.format_table(prep.table)
+        self.stage = preparer.quote(f"sc_restore_{next(self._names)}")
+        every = ", ".join(preparer.quote(c) for c in prep.backup.columns)
+        self.columns = ", ".join(preparer.quote(c) for c in prep.columns)
+        self.picked = ", ".join(f"r.{preparer.quote(c)}" for c in prep.columns)
+        keys = [preparer.quote(prep.backup.columns[i]) for i in prep.key]
+        self.exists = (
+            f"EXISTS (SELECT 1 FROM {self.table} AS t WHERE "
+            + " AND ".join(f"t.{k} = r.{k}" for k in keys)
+            + ")"
+            if keys
+            else "false"
+        )
+        conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {self.stage} ON COMMIT DROP AS "
+            f"SELECT {every} FROM {self.table} WITH NO DATA"
+        )
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(f"COPY {self.stage} ({every}) FROM STDIN WITH (FORMAT csv)") as copy:
+                copy.write(prep.backup.csv.encode("utf-8"))
+        finally:
+            cursor.close()
+
+    def conflicts(self) -> int:
+        sql = f"SELECT count(*) FROM {self.stage} AS r WHERE {self.exists}"
+        return int(self.conn.exec_driver_sql(sql).scalar_one())
+
+    def insert(self, skip_existing: bool) -> None:
+        where = f" WHERE NOT {self.exists}" if skip_existing else ""
+        self.conn.exec_driver_sql(
+            f"INSERT INTO {self.table} ({self.columns}) OVERRIDING SYSTEM VALUE "
+            f"SELECT {self.picked} FROM {self.stage} AS r{where}"
+        )
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -175,10 +232,17 @@ def restore_backup(
         try:
             prepared = [_prepare(conn, bt, typed) for bt in reversed(backup.tables)]
             plans = []
+            servers: dict[str, _ServerRows | None] = {}
             for prep in prepared:
-                existing = _existing(conn, prep)
-                rows = [r for r in prep.rows if tuple(r[i] for i in prep.key) not in existing]
-                taken = len(prep.rows) - len(rows)
+                if prep.backup.encoding == SERVER_CSV:
+                    server = _ServerRows(conn, prep) if prep.rows else None
+                    servers[prep.backup.name] = server
+                    taken = server.conflicts() if server is not None else 0
+                    rows = prep.rows[: len(prep.rows) - taken]  # only their number is used
+                else:
+                    existing = _existing(conn, prep)
+                    rows = [r for r in prep.rows if tuple(r[i] for i in prep.key) not in existing]
+                    taken = len(prep.rows) - len(rows)
                 if taken and not skip_existing:
                     conflicts[prep.backup.name] = taken
                 skipped[prep.backup.name] = taken if skip_existing else 0
@@ -193,6 +257,11 @@ def restore_backup(
                 )
             if not dry_run:
                 for prep, rows in plans:
+                    if prep.backup.encoding == SERVER_CSV:
+                        staged = servers[prep.backup.name]
+                        if staged is not None:
+                            staged.insert(skip_existing)
+                        continue
                     positions = [prep.backup.columns.index(c) for c in prep.columns]
                     values = [
                         {c: row[i] for c, i in zip(prep.columns, positions, strict=True)}

@@ -26,7 +26,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..executor import TableCount
+from ..executor import SERVER_CSV, TableCount
 from ..plan import Plan
 from ..target import Target
 from .codec import CodecError, encode
@@ -275,12 +275,12 @@ class BackupStore:
         the checksum; any failure removes the partial file and raises BackupError.
         """
 
-        def selected() -> Iterator[tuple[str, Table, list[str], Iterable[Sequence[Any]]]]:
+        def selected() -> Iterator[tuple[str, Table, list[str], Any, str]]:
             for step in plan.steps:
                 result = conn.execute(
                     select(text("*")).select_from(step.selectable).where(step.condition)
                 )
-                yield step.name, step.table, list(result.keys()), result
+                yield step.name, step.table, list(result.keys()), result, "codec"
 
         return self._write_file(conn.dialect.name, plan, selected(), counts, nodeid, target)
 
@@ -288,7 +288,7 @@ class BackupStore:
         self,
         dialect: str,
         plan: Plan,
-        captured: Sequence[tuple[str, Table, list[str], Sequence[Sequence[Any]]]],
+        captured: Sequence[tuple[str, Table, list[str], Any, str]],
         counts: list[TableCount],
         *,
         nodeid: str,
@@ -304,7 +304,7 @@ class BackupStore:
         self,
         dialect: str,
         plan: Plan,
-        tables: Iterator[tuple[str, Table, list[str], Iterable[Sequence[Any]]]],
+        tables: Iterator[tuple[str, Table, list[str], Any, str]],
         counts: list[TableCount],
         nodeid: str,
         target: Target,
@@ -358,7 +358,7 @@ class BackupStore:
         self,
         dialect: str,
         plan: Plan,
-        tables: Iterator[tuple[str, Table, list[str], Iterable[Sequence[Any]]]],
+        tables: Iterator[tuple[str, Table, list[str], Any, str]],
         nodeid: str,
         target: Target,
     ) -> tuple[bytes, str, dict[str, int]]:
@@ -382,22 +382,25 @@ class BackupStore:
             )
         ]
         written: dict[str, int] = {}
-        for name, table, columns, rows in tables:
-            lines.append(
-                dumps(
-                    {
-                        "kind": "table",
-                        "name": name,
-                        "table": table.name,
-                        "schema": table.schema,
-                        "columns": columns,
-                    }
-                )
-            )
+        for name, table, columns, rows, encoding in tables:
+            record = {
+                "kind": "table",
+                "name": name,
+                "table": table.name,
+                "schema": table.schema,
+                "columns": columns,
+            }
+            if encoding != "codec":
+                record["encoding"] = encoding
+            lines.append(dumps(record))
             count = 0
-            for batch in _batches(rows):
-                lines.append(_rows_line(batch))
-                count += len(batch)
+            if encoding == SERVER_CSV:
+                body, count = rows  # the server's CSV, kept as it is (one JSON string)
+                lines.append(dumps({"kind": "copy", "data": body}))
+            else:
+                for batch in _batches(rows):
+                    lines.append(_rows_line(batch))
+                    count += len(batch)
             written[name] = count
         body = b"".join(lines)
         digest = hashlib.sha256(body).hexdigest()
