@@ -87,6 +87,24 @@ def pg_url(pg_databases: PgDatabases) -> str:
     return pg_databases.create()
 
 
+#: an inner conftest's ``insert(table, *rows)`` fixture, writing through the test's engine
+INSERT_FIXTURE = """
+import pytest
+from sqlalchemy import text
+
+
+@pytest.fixture
+def insert(safe_cleanup):
+    def insert(table, *rows):
+        with safe_cleanup.engine.begin() as conn:
+            for row in rows:
+                cols = ", ".join(row)
+                marks = ", ".join(":" + c for c in row)
+                conn.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({marks})"), row)
+    return insert
+"""
+
+
 def copy_examples(pytester: pytest.Pytester) -> Path:
     """The example suite copied into the pytester project, as a user would have it."""
     for item in EXAMPLES.iterdir():

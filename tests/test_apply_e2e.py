@@ -20,27 +20,14 @@ import pytest
 
 # Imported before any pytester snapshot of sys.modules, so it is imported once.
 import sqlalchemy.dialects.postgresql  # noqa: F401
+from conftest import INSERT_FIXTURE
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from pytest_safe_cleanup.backup import read_backup, restore
 from pytest_safe_cleanup.stamp import write_stamp
 
-INNER_CONFTEST = """
-import pytest
-from sqlalchemy import text
-
-
-@pytest.fixture
-def insert(safe_cleanup):
-    def insert(table, *rows):
-        with safe_cleanup.engine.begin() as conn:
-            for row in rows:
-                cols = ", ".join(row)
-                marks = ", ".join(":" + c for c in row)
-                conn.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({marks})"), row)
-    return insert
-"""
+INNER_CONFTEST = INSERT_FIXTURE
 
 FAMILY = """
 CREATE TABLE parents (id int PRIMARY KEY, name text NOT NULL);

@@ -11,28 +11,14 @@ import sqlite3
 from typing import Any
 
 import pytest
-from conftest import count_rows
+from conftest import INSERT_FIXTURE, count_rows
 from sqlalchemy import create_engine, text
 
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 APPLY_INI = INI + "safe_cleanup_backup = none\n"
 
 #: inner conftest: an ``insert`` fixture that writes rows through the default engine
-INNER_CONFTEST = """
-import pytest
-from sqlalchemy import text
-
-
-@pytest.fixture
-def insert(safe_cleanup):
-    def insert(table, *rows):
-        with safe_cleanup.engine.begin() as conn:
-            for row in rows:
-                cols = ", ".join(row)
-                marks = ", ".join(":" + c for c in row)
-                conn.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({marks})"), row)
-    return insert
-"""
+INNER_CONFTEST = INSERT_FIXTURE
 
 SEEDED = {"parents": 3, "children": 3}
 

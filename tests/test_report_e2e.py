@@ -6,28 +6,14 @@ import json
 from typing import Any
 
 import pytest
-from conftest import count_rows
+from conftest import INSERT_FIXTURE, count_rows
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\nsafe_cleanup_backup = none\n"
 PASSWORD = "s3cretPW"
 
-INNER_CONFTEST = """
-import pytest
-from sqlalchemy import text
-
-
-@pytest.fixture
-def insert(safe_cleanup):
-    def insert(table, *rows):
-        with safe_cleanup.engine.begin() as conn:
-            for row in rows:
-                cols = ", ".join(row)
-                marks = ", ".join(":" + c for c in row)
-                conn.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({marks})"), row)
-    return insert
-"""
+INNER_CONFTEST = INSERT_FIXTURE
 
 #: three cleanups: test_a 2 parents; test_b 1 parent and 3 children
 TESTS = """

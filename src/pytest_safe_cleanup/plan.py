@@ -42,7 +42,7 @@ from .stamp import STAMP_TABLE
 
 if TYPE_CHECKING:  # the asyncio extension needs greenlet, which sync users may not have
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from .target import mask_url
+from .target import first_line, mask_url
 
 
 class RegistrationError(ValueError):
@@ -106,6 +106,10 @@ def _table_of(target: Any) -> Table | None:
     return local if isinstance(local, Table) else None
 
 
+def _unreachable(engine: Any, doing: str, exc: BaseException) -> RegistrationError:
+    return RegistrationError(f"cannot reach {mask_url(engine.url)} to {doing}: {first_line(exc)}")
+
+
 class TableResolver:
     """Resolves table names by reflection, once per engine and name.
 
@@ -139,11 +143,7 @@ class TableResolver:
         except NoSuchTableError:
             raise
         except SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise RegistrationError(
-                f"cannot reach {mask_url(self.engine.url)} to look up {what}: "
-                f"{detail[0] if detail else type(exc).__name__}"
-            ) from None
+            raise _unreachable(self.engine, f"look up {what}", exc) from None
 
     def resolve(self, target: Any) -> Table:
         """A Table from a Table, an ORM class or a (``schema.``)table name."""
@@ -663,11 +663,7 @@ class AsyncSafeCleanup(_Registrar):
             async with self.engine.connect() as aconn:
                 await aconn.run_sync(register)
         except SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise RegistrationError(
-                f"cannot reach {mask_url(self.engine.url)} to register a cleanup: "
-                f"{detail[0] if detail else type(exc).__name__}"
-            ) from None
+            raise _unreachable(self.engine, "register a cleanup", exc) from None
 
     def track(self, *instances: object) -> None:
         """Delete these ORM instances' rows (by primary key) at teardown."""

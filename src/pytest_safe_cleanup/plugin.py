@@ -278,8 +278,7 @@ def make_engine(url: str) -> Engine:
     from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .runner import first_line
-    from .target import TargetError
+    from .target import TargetError, first_line
 
     try:
         return create_engine(url)
@@ -340,8 +339,8 @@ def _check_start_target(state: State, url: str) -> None:
     """A target known at start: refuse a BLOCK before any test runs."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .runner import Blocked, first_line
-    from .target import TargetError
+    from .runner import Blocked
+    from .target import TargetError, first_line
 
     state.ensure_watch()
     where = state.settings.source("url")
@@ -472,7 +471,8 @@ def _guard_engine(state: State, engine: Engine) -> None:
     __tracebackhide__ = True
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .runner import Blocked, first_line
+    from .runner import Blocked
+    from .target import first_line
 
     state.ensure_watch()
     state.guardian.watch(engine)

@@ -42,7 +42,7 @@ from .report import Outcome, Report, TargetInfo
 from .settings import Settings
 from .stamp import read_stamp
 from .statements import classify, shorten
-from .target import Target, from_url, target_key
+from .target import Target, first_line, from_url, target_key
 
 
 class Blocked(RuntimeError):
@@ -88,12 +88,6 @@ def _dbapi_error(engine: AnyEngine) -> type[Exception]:
     dbapi = getattr(sync_engine_of(engine).dialect, "loaded_dbapi", None)
     error = getattr(dbapi, "Error", None)
     return error if isinstance(error, type) and issubclass(error, Exception) else SQLAlchemyError
-
-
-def first_line(exc: BaseException) -> str:
-    """A driver error's first line, without SQLAlchemy's background link."""
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class Guardian:

@@ -19,6 +19,12 @@ QUERY_ORIGIN = " (from the query string)"
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
+def first_line(exc: BaseException) -> str:
+    """A driver error's first line, without SQLAlchemy's background link."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class TargetError(ValueError):
     """A URL that cannot name a database target."""
 
