@@ -24,7 +24,11 @@ def safe_cleanup_engine(pytestconfig, tmp_path_factory):
     if url is None:
         url = f"sqlite:///{tmp_path_factory.mktemp('demo') / 'demo_app.db'}"
     engine = create_engine(url)
-    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # xdist workers share one database: create the schema one at a time.
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(72201)")
+        Base.metadata.create_all(conn)
     yield engine
     engine.dispose()
 

@@ -1,0 +1,108 @@
+"""Parallel runs: pytest-xdist workers and two pytest runs at once on one server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import copy_examples, count_rows
+from sqlalchemy import create_engine, text
+
+EXAMPLE_TABLES = ("assets", "users", "client_accounts")
+
+
+def test_xdist_apply_on_the_examples(pytester: pytest.Pytester, pg_url: str) -> None:
+    copy_examples(pytester)
+    result = pytester.runpytest_subprocess(
+        "-n",
+        "2",
+        "--safe-cleanup=apply",
+        "--safe-cleanup-url",
+        pg_url,
+        "--safe-cleanup-report",
+        "report.json",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=6)
+    for table in EXAMPLE_TABLES:
+        assert count_rows(pg_url, table) == 0, f"{table} kept example rows"
+
+    report = json.loads((pytester.path / "report.json").read_text())
+    runs = [p for p in (pytester.path / ".safe-cleanup" / "backups").iterdir() if p.is_dir()]
+    assert len(runs) == 1 and runs[0].name == report["run_id"]  # one run id for every worker
+    workers = {p.parent.name for p in runs[0].rglob("*.jsonl")}
+    assert workers == {"gw0", "gw1"}, "backups are filed per worker"
+    # The controller's one report lists every cleanup exactly once.
+    seen = Counter((c["nodeid"], c["table"]) for c in report["cleanups"])
+    assert seen and max(seen.values()) == 1
+    assert {c["status"] for c in report["cleanups"]} == {"deleted"}
+    tests = {c["nodeid"] for c in report["cleanups"] if c["nodeid"] != "session"}
+    assert len(tests) == 5  # every function-scoped example test; the session one is "session"
+    audit = (pytester.path / ".safe-cleanup" / "backups" / "audit.jsonl").read_text()
+    assert len(audit.splitlines()) == len({c["backup"] for c in report["cleanups"]})
+
+
+PROJECT = """
+import json, os, time
+from sqlalchemy import text
+
+def test_own_rows_only(safe_cleanup_engine, safe_cleanup, disposable_postgres):
+    with safe_cleanup_engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS notes (id serial primary key, run text)"))
+        conn.execute(text("INSERT INTO notes (run) VALUES (:r), (:r)"), {"r": os.environ["RUN"]})
+    safe_cleanup.delete("notes", run=os.environ["RUN"])
+    time.sleep(1.5)  # the other run works on its own database meanwhile
+    with safe_cleanup_engine.connect() as conn:
+        runs = conn.execute(text("SELECT DISTINCT run FROM notes")).scalars().all()
+    assert runs == [os.environ["RUN"]]
+    with open(f"seen-{os.environ['RUN']}.json", "w") as fh:
+        json.dump({"url": disposable_postgres.url}, fh)
+"""
+
+
+def test_two_runs_at_once_on_one_server(tmp_path: Path, pg_server_url: str) -> None:
+    (tmp_path / "test_notes.py").write_text(PROJECT)
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\nsafe_cleanup_postgres = {pg_server_url}\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PYTEST")}
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "no:asyncio",
+                "--safe-cleanup=apply",
+                "--safe-cleanup-backup-dir",
+                f"backups-{name}",
+            ],
+            cwd=tmp_path,
+            env={**env, "RUN": name, "CI": "true"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("one", "two")
+    ]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    urls = {json.loads((tmp_path / f"seen-{n}.json").read_text())["url"] for n in ("one", "two")}
+    assert len(urls) == 2, "each run had its own disposable database"
+    engine = create_engine(pg_server_url)
+    try:
+        with engine.connect() as conn:
+            names = {u.rsplit("/", 1)[-1] for u in urls}
+            left = conn.execute(
+                text("SELECT count(*) FROM pg_database WHERE datname = ANY(:n)"), {"n": list(names)}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert left == 0, "both disposable databases were dropped"
