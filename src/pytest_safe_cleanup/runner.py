@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import executor
 from .backup import BackupError, BackupStore, dump_database
 from .backup.store import exact_values
-from .guard import Level, Reason, Verdict, environment_refusal, evaluate, read_environment
+from .guard import Level, Reason, Verdict, evaluate, read_environment
 from .intent import IntentBook
 from .plan import (
     AnyEngine,
@@ -119,10 +119,6 @@ class Guardian:
     def static_verdict(self, target: Target) -> Verdict:
         """Environment, host and name rules: everything known without connecting."""
         return evaluate(self.environment, target, None, self.settings)
-
-    def environment_blocked(self) -> str | None:
-        """The refusal text when the process environment itself is blocked."""
-        return environment_refusal(self.environment, self.settings)
 
     def mark_disposable(self, url: object) -> None:
         """A provider made this database in this run."""
