@@ -201,7 +201,8 @@ class State:
         """The engine of the configured URL, made once."""
         self.ensure_watch()
         if self._engine is None:
-            assert self.settings.url is not None
+            if self.settings.url is None:
+                raise RuntimeError("default_engine() needs a configured URL")
             self._engine = make_engine(self.settings.url)
         return self._engine
 

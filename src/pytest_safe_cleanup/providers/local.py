@@ -302,7 +302,8 @@ class LocalCluster(Provider):
         )
 
     def _tool(self, name: str) -> str:
-        assert self._bindir is not None
+        if self._bindir is None:
+            raise ProviderUnavailable("local: the PostgreSQL binaries were not located")
         return str(self._bindir / name)
 
     def start(self) -> DisposableDatabase:
