@@ -6,11 +6,14 @@ process-wide watch on engines never leaks between runs.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -21,8 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "conftest_examples"
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 #: variables that would change the plugin's decisions inside a pytester run
-CLEARED = ("ENVIRONMENT", "SAFE_CLEANUP_MODE", "SAFE_CLEANUP_URL", "SAFE_CLEANUP_RUN_ID",
-           "PYTEST_ADDOPTS", "GITHUB_STEP_SUMMARY", "PYTEST_XDIST_WORKER")
+CLEARED = (
+    "ENVIRONMENT",
+    "SAFE_CLEANUP_MODE",
+    "SAFE_CLEANUP_URL",
+    "SAFE_CLEANUP_RUN_ID",
+    "PYTEST_ADDOPTS",
+    "GITHUB_STEP_SUMMARY",
+    "PYTEST_XDIST_WORKER",
+)
 
 
 @pytest.fixture
@@ -111,6 +121,77 @@ def copy_examples(pytester: pytest.Pytester) -> Path:
         if item.suffix == ".py":
             shutil.copy(item, pytester.path / item.name)
     return pytester.path
+
+
+def seed_family(url: str, parents: tuple[int, ...] = (1, 2, 3), children: bool = True) -> None:
+    """Two related tables, ``parents`` and ``children``, with rows nobody registers."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE parents (id int PRIMARY KEY, name text NOT NULL)"))
+        conn.execute(
+            text(
+                "CREATE TABLE children (id int PRIMARY KEY, "
+                "parent_id int NOT NULL REFERENCES parents(id))"
+            )
+        )
+        for i in parents:
+            conn.execute(text("INSERT INTO parents VALUES (:i, :n)"), {"i": i, "n": f"seed{i}"})
+            if children:
+                conn.execute(text("INSERT INTO children VALUES (:i, :i)"), {"i": i})
+    engine.dispose()
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exact equality: same types, NaN equal to NaN, the same UTC offsets and zones."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, float | Decimal):
+        return repr(a) == repr(b)
+    if isinstance(a, dt.datetime | dt.time):
+        return a == b and a.utcoffset() == b.utcoffset() and a.tzinfo == b.tzinfo
+    return bool(a == b)
+
+
+def assert_same_rows(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]) -> None:
+    """Restored rows equal the originals value for value."""
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        for i, (x, y) in enumerate(zip(old, new, strict=True)):
+            assert same(x, y), f"row {old[0]} column {i}: {x!r} != {y!r}"
+
+
+#: a project on ``disposable_postgres``: keeps two rows, makes and registers two more,
+#: writes what it saw to seen.json and the rows left after the first test to after.txt
+DISPOSABLE_PROJECT = """
+import json
+import pytest
+from sqlalchemy import text
+
+@pytest.fixture(scope="session", autouse=True)
+def schema(safe_cleanup_engine):
+    with safe_cleanup_engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS notes (id serial primary key, body text)"))
+        conn.execute(text("INSERT INTO notes (body) VALUES ('keep-1'), ('keep-2')"))
+
+def test_makes_rows(safe_cleanup_engine, safe_cleanup, disposable_postgres):
+    with safe_cleanup_engine.begin() as conn:
+        conn.execute(text("INSERT INTO notes (body) VALUES (:b), (:b)"), {"b": safe_cleanup.tag})
+    safe_cleanup.delete("notes", body=safe_cleanup.tag)
+    with open("seen.json", "w") as fh:
+        json.dump({"url": disposable_postgres.url, "kind": disposable_postgres.kind,
+                   "async_url": disposable_postgres.async_url,
+                   "detail": disposable_postgres.detail}, fh)
+
+def test_after(safe_cleanup_engine):
+    with safe_cleanup_engine.connect() as conn:
+        rows = conn.execute(text("SELECT count(*) FROM notes")).scalar_one()
+    with open("after.txt", "w") as fh:
+        fh.write(str(rows))
+"""
 
 
 def count_rows(url: str, table: str) -> int:

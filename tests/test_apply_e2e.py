@@ -7,12 +7,10 @@ via ``pg_url``, SQLite as a file) and counts the rows afterwards.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import pickle
 import subprocess
 import sys
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import pytest
 
 # Imported before any pytester snapshot of sys.modules, so it is imported once.
 import sqlalchemy.dialects.postgresql  # noqa: F401
-from conftest import INSERT_FIXTURE
+from conftest import INSERT_FIXTURE, assert_same_rows
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
@@ -103,28 +101,6 @@ def restore_cli(*args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         timeout=60,
     )
-
-
-def same(a: Any, b: Any) -> bool:
-    """Exact equality: same types, NaN equal to NaN, the same UTC offsets and zones."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, float | Decimal):
-        return repr(a) == repr(b)
-    if isinstance(a, dt.datetime | dt.time):
-        return a == b and a.utcoffset() == b.utcoffset() and a.tzinfo == b.tzinfo
-    return bool(a == b)
-
-
-def assert_same_rows(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]) -> None:
-    assert len(before) == len(after)
-    for old, new in zip(before, after, strict=True):
-        for i, (x, y) in enumerate(zip(old, new, strict=True)):
-            assert same(x, y), f"row {old[0]} column {i}: {x!r} != {y!r}"
 
 
 # ---------------------------------------------------------------------------- round trip

@@ -17,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import assert_same_rows, same
 from sqlalchemy import (
     Column,
     DateTime,
@@ -95,28 +96,6 @@ def apply_with_backup(
     )
     assert location == str(written[0])
     return done, written[0]
-
-
-def same(a: Any, b: Any) -> bool:
-    """Exact equality: same types, NaN equal to NaN, the same UTC offsets."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, float | Decimal):
-        return repr(a) == repr(b)
-    if isinstance(a, dt.datetime | dt.time):
-        return a == b and a.utcoffset() == b.utcoffset() and a.tzinfo == b.tzinfo
-    return bool(a == b)
-
-
-def assert_same_rows(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]) -> None:
-    assert len(before) == len(after)
-    for old, new in zip(before, after, strict=True):
-        for i, (x, y) in enumerate(zip(old, new, strict=True)):
-            assert same(x, y), f"row {old[0]} column {i}: {x!r} != {y!r}"
 
 
 # ---------------------------------------------------------------------------- codec

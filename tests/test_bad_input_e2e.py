@@ -5,33 +5,16 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from conftest import count_rows
-from sqlalchemy import create_engine, text
+from conftest import count_rows, seed_family
 
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\nsafe_cleanup_backup = none\n"
-
-
-def seed(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE parents (id int PRIMARY KEY, name text NOT NULL)"))
-        conn.execute(
-            text(
-                "CREATE TABLE children (id int PRIMARY KEY, "
-                "parent_id int NOT NULL REFERENCES parents(id))"
-            )
-        )
-        for i in (1, 2, 3):
-            conn.execute(text("INSERT INTO parents VALUES (:i, 'seed')"), {"i": i})
-            conn.execute(text("INSERT INTO children VALUES (:i, :i)"), {"i": i})
-    engine.dispose()
 
 
 def test_bad_registrations_fail_the_test_at_the_call(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
     """Run in apply, so a registration that slipped through would really delete."""
-    seed(pg_url)
+    seed_family(pg_url)
     pytester.makeini(INI)
     pytester.makepyfile(
         test_bad="""
@@ -107,7 +90,7 @@ def test_missing_driver_names_the_extra(pytester: pytest.Pytester) -> None:
 def test_unreachable_database_is_a_clear_setup_error(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    seed(pg_url)
+    seed_family(pg_url)
     pytester.makeini(INI)
     pytester.makepyfile(
         test_unreachable=f"""

@@ -41,6 +41,15 @@ def test_third(safe_cleanup):
 """
 
 
+def database_url(
+    request: pytest.FixtureRequest, pytester: pytest.Pytester, backend: str, prefix: str
+) -> str:
+    """A fresh database of the parametrized backend."""
+    if backend == "postgres":
+        return str(request.getfixturevalue("pg_databases").create(prefix=prefix))
+    return sqlite_url(pytester)
+
+
 def sqlite_url(pytester: pytest.Pytester, name: str = "app.db") -> str:
     return f"sqlite:///{pytester.path / name}"
 
@@ -119,9 +128,18 @@ def stamp_in_process(url: str, environment: str) -> None:
 def stamp(url: str, environment: str) -> None:
     """Stamp a database the way an administrator does: with the command."""
     done = subprocess.run(
-        [sys.executable, "-m", "pytest_safe_cleanup.cli", "stamp", url,
-         "--environment", environment],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest_safe_cleanup.cli",
+            "stamp",
+            url,
+            "--environment",
+            environment,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert f"as {environment!r}" in done.stdout
@@ -164,10 +182,12 @@ def test_blocked_environment_stops_pytest_before_any_test(
     )
 
     assert_stopped_before_tests(result)
-    result.stderr.fnmatch_lines([
-        f"ERROR: safe-cleanup: ENVIRONMENT={value.strip().lower()!r} is a blocked environment"
-        "*refuses to take part in this run in any mode*"
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: safe-cleanup: ENVIRONMENT={value.strip().lower()!r} is a blocked environment"
+            "*refuses to take part in this run in any mode*"
+        ]
+    )
     assert_demo_intact(url)
 
 
@@ -177,9 +197,7 @@ def test_blocked_environment_from_a_custom_variable(
     url = sqlite_url(pytester)
     seed_items(url)
     pytester.makepyfile(test_greedy=GREEDY_TESTS)
-    pytester.makeini(
-        "[pytest]\nsafe_cleanup_env_vars = APP_ENV\nsafe_cleanup_backup = none\n"
-    )
+    pytester.makeini("[pytest]\nsafe_cleanup_env_vars = APP_ENV\nsafe_cleanup_backup = none\n")
     monkeypatch.setenv("APP_ENV", "production")
 
     result = pytester.runpytest_subprocess(
@@ -225,10 +243,12 @@ def test_blocked_name_token_stops_pytest_before_any_test(
         "env": "SAFE_CLEANUP_URL",
         "ini": "ini safe_cleanup_url",
     }
-    result.stderr.fnmatch_lines([
-        f"ERROR: safe-cleanup: refusing *{name} ({where[source]}): BLOCK: database name "
-        f"{name!r} contains the blocked token 'prod'"
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: safe-cleanup: refusing *{name} ({where[source]}): BLOCK: database name "
+            f"{name!r} contains the blocked token 'prod'"
+        ]
+    )
     assert count_items(url) == ITEMS
 
 
@@ -242,10 +262,7 @@ def test_production_stamp_stops_pytest_before_any_test(
     request: pytest.FixtureRequest,
     backend: str,
 ) -> None:
-    if backend == "postgres":
-        url = request.getfixturevalue("pg_databases").create(prefix="billing")
-    else:
-        url = sqlite_url(pytester)
+    url = database_url(request, pytester, backend, "billing")
     seed_items(url)
     stamp(url, "production")
     pytester.makepyfile(test_greedy=GREEDY_TESTS)
@@ -258,10 +275,12 @@ def test_production_stamp_stops_pytest_before_any_test(
     )
 
     assert_stopped_before_tests(result)
-    result.stderr.fnmatch_lines([
-        "*safe-cleanup*refused*BLOCK: the database is stamped 'production', "
-        "a blocked environment*(--safe-cleanup-url)*"
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            "*safe-cleanup*refused*BLOCK: the database is stamped 'production', "
+            "a blocked environment*(--safe-cleanup-url)*"
+        ]
+    )
     assert count_items(url) == ITEMS
 
 
@@ -286,10 +305,7 @@ def test_blocked_engine_fixture_errors_first_test_and_stops_session(
     request: pytest.FixtureRequest,
     backend: str,
 ) -> None:
-    if backend == "postgres":
-        url = request.getfixturevalue("pg_databases").create(prefix="ledger")
-    else:
-        url = sqlite_url(pytester)
+    url = database_url(request, pytester, backend, "ledger")
     seed_items(url)
     stamp_in_process(url, "production")
     pytester.makeconftest(ENGINE_CONFTEST.format(url=url))
@@ -301,11 +317,13 @@ def test_blocked_engine_fixture_errors_first_test_and_stops_session(
 
     assert result.ret != 0
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([
-        "*ERROR at setup of test_first*",
-        "*safe-cleanup refused * BLOCK: the database is stamped 'production'*",
-        "*Interrupted*safe-cleanup*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_first*",
+            "*safe-cleanup refused * BLOCK: the database is stamped 'production'*",
+            "*Interrupted*safe-cleanup*",
+        ]
+    )
     result.stdout.no_fnmatch_line("*test_second*")
     result.stdout.no_fnmatch_line("*test_third*")
     # One clear refusal, not the same text twice through a chained exception.
@@ -338,10 +356,12 @@ def test_engine_made_in_a_test_is_refused_before_its_delete(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
 
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*safe-cleanup refused * BLOCK: the database is stamped 'production'*",
-        "*Interrupted*safe-cleanup*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*safe-cleanup refused * BLOCK: the database is stamped 'production'*",
+            "*Interrupted*safe-cleanup*",
+        ]
+    )
     result.stdout.fnmatch_lines(
         ["FAILED test_own_engine.py::test_deletes_behind_the_plugins_back*"]
     )
@@ -365,14 +385,16 @@ def test_dry_run_reports_a_confirm_target_and_deletes_nothing(
     )
 
     result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines([
-        "*= safe cleanup =*",
-        "mode: dry (--safe-cleanup)*",
-        "dry run: nothing was deleted*",
-        f"target {name} *: CONFIRM",
-        "  - ENVIRONMENT='qa' is neither allowed nor blocked*",
-        "*.client_accounts * 6 * -",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= safe cleanup =*",
+            "mode: dry (--safe-cleanup)*",
+            "dry run: nothing was deleted*",
+            f"target {name} *: CONFIRM",
+            "  - ENVIRONMENT='qa' is neither allowed nor blocked*",
+            "*.client_accounts * 6 * -",
+        ]
+    )
     # The seeded rows and the rows the six example tests made (6 accounts, 14 users, 7 assets).
     made = {"client_accounts": 6, "users": 14, "assets": 7}
     for table, n in DEMO_SEED.items():

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DISPOSABLE_PROJECT
 from sqlalchemy import create_engine, text
 
 from pytest_safe_cleanup.providers import (
@@ -268,31 +269,7 @@ def test_default_image() -> None:
     assert DockerPostgres().image == DEFAULT_IMAGE == "postgres:16-alpine"
 
 
-PROJECT = """
-import json
-import pytest
-from sqlalchemy import text
-
-@pytest.fixture(scope="session", autouse=True)
-def schema(safe_cleanup_engine):
-    with safe_cleanup_engine.begin() as conn:
-        conn.execute(text("CREATE TABLE notes (id serial primary key, body text)"))
-        conn.execute(text("INSERT INTO notes (body) VALUES ('keep-1'), ('keep-2')"))
-
-def test_makes_rows(safe_cleanup_engine, safe_cleanup, disposable_postgres):
-    with safe_cleanup_engine.begin() as conn:
-        conn.execute(text("INSERT INTO notes (body) VALUES (:b), (:b)"), {"b": safe_cleanup.tag})
-    safe_cleanup.delete("notes", body=safe_cleanup.tag)
-    with open("seen.json", "w") as fh:
-        json.dump({"url": disposable_postgres.url, "kind": disposable_postgres.kind,
-                   "detail": disposable_postgres.detail}, fh)
-
-def test_after(safe_cleanup_engine):
-    with safe_cleanup_engine.connect() as conn:
-        rows = conn.execute(text("SELECT count(*) FROM notes")).scalar_one()
-    with open("after.txt", "w") as fh:
-        fh.write(str(rows))
-"""
+PROJECT = DISPOSABLE_PROJECT
 
 
 def test_plugin_runs_on_a_docker_disposable_postgres(

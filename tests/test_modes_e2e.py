@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from conftest import INSERT_FIXTURE, count_rows
+from conftest import INSERT_FIXTURE, count_rows, seed_family
 from sqlalchemy import create_engine, text
 
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
@@ -21,23 +21,6 @@ APPLY_INI = INI + "safe_cleanup_backup = none\n"
 INNER_CONFTEST = INSERT_FIXTURE
 
 SEEDED = {"parents": 3, "children": 3}
-
-
-def seed(url: str) -> None:
-    """Two related tables with three parents and three children nobody registers."""
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE parents (id int PRIMARY KEY, name text NOT NULL)"))
-        conn.execute(
-            text(
-                "CREATE TABLE children (id int PRIMARY KEY, "
-                "parent_id int NOT NULL REFERENCES parents(id))"
-            )
-        )
-        for i in (1, 2, 3):
-            conn.execute(text("INSERT INTO parents VALUES (:i, :n)"), {"i": i, "n": f"seed{i}"})
-            conn.execute(text("INSERT INTO children VALUES (:i, :i)"), {"i": i})
-    engine.dispose()
 
 
 def counts(url: str) -> dict[str, int]:
@@ -80,7 +63,7 @@ def project(pytester: pytest.Pytester, ini: str, conftest: str = "", **files: st
 def test_off_keeps_fixtures_usable_and_does_no_teardown_work(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    seed(pg_url)
+    seed_family(pg_url)
     project(
         pytester,
         INI,
@@ -133,7 +116,7 @@ def test_apply_deletes_exactly_the_registered_rows(
 ) -> None:
     if environment is not None:
         monkeypatch.setenv("ENVIRONMENT", environment)
-    seed(pg_url)
+    seed_family(pg_url)
     project(pytester, APPLY_INI, test_apply=APPLY_TESTS)
     result = run(pytester, pg_url, "--safe-cleanup=apply")
     result.assert_outcomes(passed=2)
@@ -155,7 +138,7 @@ def test_apply_deletes_exactly_the_registered_rows(
 def test_apply_by_default_writes_a_rows_backup_first(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    seed(pg_url)
+    seed_family(pg_url)
     project(
         pytester,
         "[pytest]\n",
@@ -180,7 +163,7 @@ def test_apply_by_default_writes_a_rows_backup_first(
 def test_max_rows_from_ini_and_marker_refuses_and_deletes_nothing(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    seed(pg_url)
+    seed_family(pg_url)
     project(
         pytester,
         APPLY_INI + "safe_cleanup_max_rows = 3\n",
@@ -235,7 +218,7 @@ END $$
 def test_a_failure_mid_plan_rolls_back_every_table(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    seed(pg_url)
+    seed_family(pg_url)
     engine = create_engine(pg_url)
     with engine.begin() as conn:
         conn.execute(text(TRIGGER))
@@ -298,7 +281,7 @@ SESSION_TESTS = """
 def test_session_registrations_run_at_session_end(
     pytester: pytest.Pytester, pg_url: str, mode: str
 ) -> None:
-    seed(pg_url)
+    seed_family(pg_url)
     project(pytester, APPLY_INI, test_session=SESSION_TESTS)
     result = run(pytester, pg_url, f"--safe-cleanup={mode}")
     result.assert_outcomes(passed=2)
@@ -319,7 +302,7 @@ def test_session_registrations_run_at_session_end(
 def test_on_engine_makes_one_plan_per_database(
     pytester: pytest.Pytester, pg_url: str, mode: str
 ) -> None:
-    seed(pg_url)
+    seed_family(pg_url)
     side = pytester.path / "side.db"
     with sqlite3.connect(side) as conn:
         conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
@@ -375,7 +358,7 @@ def side_engine():
 
 
 def test_keep_failed_keeps_the_failing_tests_rows(pytester: pytest.Pytester, pg_url: str) -> None:
-    seed(pg_url)
+    seed_family(pg_url)
     project(
         pytester,
         APPLY_INI + "safe_cleanup_keep = failed\n",

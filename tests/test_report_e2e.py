@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import INSERT_FIXTURE, count_rows
-from sqlalchemy import create_engine, text
+from conftest import INSERT_FIXTURE, count_rows, seed_family
 from sqlalchemy.engine import make_url
 
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\nsafe_cleanup_backup = none\n"
@@ -30,20 +29,6 @@ TESTS = """
 MADE = {("test_a", "parents"): 2, ("test_b", "parents"): 1, ("test_b", "children"): 3}
 
 
-def seed(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE parents (id int PRIMARY KEY, name text NOT NULL)"))
-        conn.execute(
-            text(
-                "CREATE TABLE children (id int PRIMARY KEY, "
-                "parent_id int NOT NULL REFERENCES parents(id))"
-            )
-        )
-        conn.execute(text("INSERT INTO parents VALUES (1, 'seed')"))
-    engine.dispose()
-
-
 def project(pytester: pytest.Pytester, tests: str = TESTS) -> None:
     pytester.makeini(INI)
     pytester.makeconftest(INNER_CONFTEST)
@@ -63,7 +48,7 @@ def test_json_report_has_the_schema_and_exact_counts(
 ) -> None:
     monkeypatch.setenv("SAFE_CLEANUP_RUN_ID", "myrun123")
     monkeypatch.setenv("SAFE_CLEANUP_MODE", "dry")
-    seed(pg_url)
+    seed_family(pg_url, parents=(1,), children=False)
     project(pytester)
     result = pytester.runpytest_subprocess(
         "--safe-cleanup-url", pg_url, "--safe-cleanup-report", "out/r.json"
@@ -117,7 +102,7 @@ def test_github_step_summary_is_appended(
     summary = pytester.path / "step_summary.md"
     summary.write_text("# Earlier step\n\nall good\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    seed(pg_url)
+    seed_family(pg_url, parents=(1,), children=False)
     project(pytester)
     result = pytester.runpytest_subprocess("--safe-cleanup-url", pg_url, "--safe-cleanup=apply")
     result.assert_outcomes(passed=2)
@@ -134,7 +119,7 @@ def test_github_step_summary_is_appended(
 
 
 def test_verbose_adds_one_line_per_test_and_table(pytester: pytest.Pytester, pg_url: str) -> None:
-    seed(pg_url)
+    seed_family(pg_url, parents=(1,), children=False)
     project(pytester)
     result = pytester.runpytest_subprocess("--safe-cleanup-url", pg_url, "-v")
     result.assert_outcomes(passed=2)
@@ -151,7 +136,7 @@ def test_verbose_adds_one_line_per_test_and_table(pytester: pytest.Pytester, pg_
 def test_records_go_through_the_pytest_safe_cleanup_logger(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    seed(pg_url)
+    seed_family(pg_url, parents=(1,), children=False)
     project(pytester)
     result = pytester.runpytest_subprocess(
         "--safe-cleanup-url", pg_url, "--log-level=INFO", "-o", "log_cli=true"
@@ -186,7 +171,7 @@ def test_passwords_never_appear(
     url = make_url(plain).set(password=PASSWORD).render_as_string(hide_password=False)
     assert PASSWORD in url
     db = db_name(plain)
-    seed(plain)
+    seed_family(plain, parents=(1,), children=False)
     summary = pytester.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     monkeypatch.setenv("ENVIRONMENT", "qa")  # CONFIRM, and CI=true: cleanup is held
@@ -220,7 +205,7 @@ def test_password_hidden_when_a_registration_cannot_connect(
 ) -> None:
     plain = pg_databases.create()
     url = make_url(plain).set(password=PASSWORD).render_as_string(hide_password=False)
-    seed(plain)
+    seed_family(plain, parents=(1,), children=False)
     project(
         pytester,
         """

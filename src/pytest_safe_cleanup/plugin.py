@@ -272,6 +272,7 @@ class XdistController:
 
 state_key = pytest.StashKey[State]()
 report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
+options_key = pytest.StashKey[tuple[frozenset[str], dict[str, Any]]]()
 
 
 def make_engine(url: str) -> Engine:
@@ -422,18 +423,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _marker_options(node: pytest.Item | None) -> tuple[frozenset[str], dict[str, Any]]:
-    """Confirm names from every level's marker; other options from the closest one."""
+    """Confirm names from every level's marker; other options from the closest one.
+
+    Read once per test and kept on the item: setup and teardown both need them.
+    """
+    if node is None:
+        return frozenset(), {}
+    cached = node.stash.get(options_key, None)
+    if cached is not None:
+        return cached
     confirms: set[str] = set()
     options: dict[str, Any] = {}
-    if node is None:
-        return frozenset(), options
     for marker in node.iter_markers("safe_cleanup"):
         values = _marker_signature(**marker.kwargs)
         confirms |= intent.confirm_names(values["confirm"])
         for key in ("max_rows", "mode", "backup"):
             if values[key] is not None:
                 options.setdefault(key, values[key])
-    return frozenset(confirms), options
+    node.stash[options_key] = (frozenset(confirms), options)
+    return node.stash[options_key]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -14,7 +14,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import executor
 from .backup import BackupError, BackupStore, dump_database
-from .backup.store import exact_values
 from .guard import Level, Reason, Verdict, evaluate, read_environment
 from .intent import IntentBook
 from .plan import (
@@ -35,7 +33,6 @@ from .plan import (
     Registration,
     RegistrationError,
     build_plan,
-    is_async_engine,
     sync_engine_of,
 )
 from .report import Outcome, Report, TargetInfo
@@ -122,8 +119,9 @@ class Guardian:
 
     def mark_disposable(self, url: object) -> None:
         """A provider made this database in this run."""
-        self.disposable.add(self.target(url).key)
-        self.verdicts.pop(self.target(url).key, None)
+        key = self.target(url).key
+        self.disposable.add(key)
+        self.verdicts.pop(key, None)
 
     # -- verdicts from a live connection --------------------------------------
     def verdict_for(self, conn: Connection) -> tuple[Target, Verdict]:
@@ -311,12 +309,17 @@ class Conductor:
         for engine, registrations in entries:
             if not isinstance(engine, Engine):
                 raise TypeError("async engines are cleaned by finish_async")
-            try:
-                with engine.connect() as conn:
-                    outcomes += self.run_on(conn, registrations, ctx, mode)
-            except Exception as exc:
-                outcomes += self._failure(exc, engine, ctx)
+            outcomes += self._on_engine(engine, registrations, ctx, mode)
         return self._record(outcomes)
+
+    def _on_engine(
+        self, engine: Engine, registrations: list[Registration], ctx: TestContext, mode: str
+    ) -> list[Outcome]:
+        try:
+            with engine.connect() as conn:
+                return self.run_on(conn, registrations, ctx, mode)
+        except Exception as exc:
+            return self._failure(exc, engine, ctx)
 
     async def finish_async(
         self, entries: list[tuple[AnyEngine, list[Registration]]], ctx: TestContext
@@ -327,13 +330,12 @@ class Conductor:
             return []
         outcomes: list[Outcome] = []
         for engine, registrations in entries:
+            if isinstance(engine, Engine):
+                outcomes += self._on_engine(engine, registrations, ctx, mode)
+                continue
             try:
-                if is_async_engine(engine):
-                    async with engine.connect() as aconn:
-                        outcomes += await aconn.run_sync(self.run_on, registrations, ctx, mode)
-                else:
-                    with engine.connect() as conn:  # type: ignore[union-attr]
-                        outcomes += self.run_on(conn, registrations, ctx, mode)
+                async with engine.connect() as aconn:
+                    outcomes += await aconn.run_sync(self.run_on, registrations, ctx, mode)
             except Exception as exc:
                 outcomes += self._failure(exc, engine, ctx)
         return self._record(outcomes)
@@ -438,10 +440,9 @@ class Conductor:
                 )
                 return str(info.path)
 
-        with exact_values(conn) if before is not None else nullcontext():
-            done, location = executor.apply(
-                conn, plan, verdict=verdict, max_rows=max_rows, backup=before, capture=capture
-            )
+        done, location = executor.apply(
+            conn, plan, verdict=verdict, max_rows=max_rows, backup=before, capture=capture
+        )
         if strategy == "pg_dump":
             location = self._dumps.get(target.key)
         try:

@@ -118,35 +118,6 @@ def _rows_line(batch: list[list[Any]]) -> bytes:
     return (text + "\n").encode("ascii")
 
 
-@contextlib.contextmanager
-def exact_values(conn: Connection) -> Iterator[None]:
-    """Read values the driver would otherwise round, while the backup is captured.
-
-    psycopg turns an interval of months into days (``1 year 2 mons`` becomes
-    ``425 days``); as text it restores exactly. The loader is put back afterwards,
-    since the connection returns to the application's pool.
-    """
-    dbapi = getattr(conn.connection, "dbapi_connection", None)
-    adapters = getattr(dbapi, "adapters", None)
-    if conn.dialect.driver != "psycopg" or adapters is None:
-        yield
-        return
-    from psycopg.pq import Format
-    from psycopg.types.string import TextLoader
-
-    info = adapters.types.get("interval")
-    if info is None:
-        yield
-        return
-    previous = adapters.get_loader(info.oid, Format.TEXT)
-    adapters.register_loader(info.oid, TextLoader)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            adapters.register_loader(info.oid, previous)
-
-
 class BackupStore:
     """Backups of one run (and worker) under ``root``; created on first write."""
 
