@@ -7,10 +7,9 @@ no code path reaches a DELETE without one.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Delete,
@@ -86,45 +85,66 @@ def count(conn: Connection, plan: Plan) -> list[TableCount]:
 
 BackupHook = Callable[[Connection, Plan, list[TableCount]], str | None]
 #: (table name, Table, column names, rows, encoding) per step, as the deletes returned them;
-#: encoding "codec": rows of Python values; "postgresql-csv": one str of CSV that the server
-#: wrote with COPY, every value as its type prints it, so no value is converted in Python
-Captured = list[tuple[str, Table, list[str], Any, str]]
-SERVER_CSV = "postgresql-csv"
-CaptureHook = Callable[[Connection, Plan, Captured, list[TableCount]], str | None]
+#: encoding "codec": rows of Python values; "postgresql-text": rows of each value's text
+#: exactly as the server printed it (None for NULL), so no value is converted in Python
+CapturedTable = tuple[str, Table, list[str], Any, str]
+SERVER_TEXT = "postgresql-text"
+
+
+class Capture(Protocol):
+    """A backup that takes each table's rows as its delete returns them."""
+
+    def add(self, captured: CapturedTable) -> None:
+        """Take one table's deleted rows (encoded while the next table is deleted)."""
+
+    def finish(self, counts: Sequence[TableCount]) -> str | None:
+        """Make the backup durable and check it; return where it is. Before the commit."""
+
+    def abort(self) -> None:
+        """Discard the backup: the transaction is rolled back."""
+
+
+CaptureHook = Callable[[Connection, Plan], Capture]
+
+
+def _as_server_text(cursor: Any) -> None:
+    """Load every column of the cursor's result as the text the server sent.
+
+    psycopg allows changing loaders after a query ran; a text loader per result type
+    keeps each value in its type's own output form (what ``COPY FROM`` and the type's
+    input read back exactly) and skips building Python values only to encode them again.
+    """
+    from psycopg.types.string import TextLoader
+
+    for oid in {d[1] for d in cursor.description}:
+        cursor.adapters.register_loader(oid, TextLoader)
 
 
 def _delete_returning(
     conn: Connection, step: Step, name: str, statement: Delete, counted: int
-) -> tuple[str, Table, list[str], Any, str]:
+) -> CapturedTable:
     """Delete one step's rows and take them back as the backup's rows.
 
-    On PostgreSQL through psycopg the server streams the deleted rows itself:
-    ``COPY (DELETE ... RETURNING *) TO STDOUT`` in CSV, each value in its type's own
-    text form, which ``COPY FROM`` reads back exactly; no value is converted in
-    Python. Elsewhere the driver's values go through the codec.
+    On PostgreSQL through psycopg the rows come back as the server's text for each
+    value, which restore hands back to ``COPY FROM``: exact for every type. Elsewhere
+    the driver's values go through the codec.
     """
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        compiled = statement.returning(literal_column("*")).compile(
-            dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
-        )
-        sql = f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER true)"
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            with cursor.copy(sql, compiled.params) as copy:
-                data = b"".join(bytes(chunk) for chunk in copy)
-            deleted = cursor.rowcount
-        finally:
-            cursor.close()
-        if deleted != counted:
-            raise _mismatch(name, counted, deleted)
-        header, _, body = data.decode("utf-8").partition("\n")
-        columns = next(csv.reader([header]))
-        return name, step.table, columns, (body, deleted), SERVER_CSV
     result: CursorResult[Any] = conn.execute(statement.returning(literal_column("*")))
-    columns, rows = list(result.keys()), result.all()
+    try:
+        dialect = conn.dialect
+        if dialect.name == "postgresql" and dialect.driver == "psycopg" and not dialect.is_async:
+            cursor = result.context.cursor
+            _as_server_text(cursor)
+            columns = [d[0] for d in cursor.description]
+            rows: Sequence[Any] = cursor.fetchall()
+            encoding = SERVER_TEXT
+        else:
+            columns, rows, encoding = list(result.keys()), result.all(), "codec"
+    finally:
+        result.close()
     if len(rows) != counted:
         raise _mismatch(name, counted, len(rows))
-    return name, step.table, columns, rows, "codec"
+    return name, step.table, columns, rows, encoding
 
 
 def _mismatch(name: str, counted: int, deleted: int) -> CountMismatch:
@@ -177,13 +197,17 @@ def apply(
         done: list[TableCount] = []
         statements = delete_statements(plan)
         if capture is not None and conn.dialect.delete_returning:
-            captured: Captured = []
-            for step, (name, statement), counted in zip(
-                plan.steps, statements, counts, strict=True
-            ):
-                captured.append(_delete_returning(conn, step, name, statement, counted.counted))
-                done.append(TableCount(name, counted.counted, counted.counted))
-            location = capture(conn, plan, captured, counts)
+            pending = capture(conn, plan)
+            try:
+                for step, (name, statement), counted in zip(
+                    plan.steps, statements, counts, strict=True
+                ):
+                    pending.add(_delete_returning(conn, step, name, statement, counted.counted))
+                    done.append(TableCount(name, counted.counted, counted.counted))
+                location = pending.finish(counts)
+            except BaseException:
+                pending.abort()
+                raise
             return done, location
         location = backup(conn, plan, counts) if backup is not None else None
         for (name, statement), counted in zip(statements, counts, strict=True):

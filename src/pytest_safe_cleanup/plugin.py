@@ -206,8 +206,15 @@ class State:
             self._engine = make_engine(self.settings.url)
         return self._engine
 
+    @property
+    def store_made(self) -> BackupStore | None:
+        """The backup store, if this session has needed one yet."""
+        return self.__dict__.get("store")
+
     def dispose(self) -> None:
-        """Release the default engine and stop watching connections."""
+        """Release the default engine, stop the backup writer and stop watching."""
+        if self.store_made is not None:
+            self.store_made.close()
         if self._engine is not None:
             self._engine.dispose()
         if self.watching:
@@ -709,6 +716,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash.get(state_key, None)
     if state is None:
         return
+    if state.store_made is not None:  # wait for the backup writer's last fsync
+        for problem in state.store_made.flush():
+            if problem not in state.report.warnings:
+                state.report.warnings.append(problem)
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         # An xdist worker: the controller reports for the whole run.

@@ -432,13 +432,8 @@ class Conductor:
             def before(c: Connection, p: Plan, counts: list[executor.TableCount]) -> str | None:
                 return str(store.write_rows(c, p, counts, nodeid=ctx.nodeid, target=target).path)
 
-            def capture(
-                c: Connection, p: Plan, rows: executor.Captured, counts: list[executor.TableCount]
-            ) -> str | None:
-                info = store.write_captured(
-                    c.dialect.name, p, rows, counts, nodeid=ctx.nodeid, target=target
-                )
-                return str(info.path)
+            def capture(c: Connection, p: Plan) -> executor.Capture:
+                return store.begin(c.dialect.name, p, nodeid=ctx.nodeid, target=target)
 
         done, location = executor.apply(
             conn, plan, verdict=verdict, max_rows=max_rows, backup=before, capture=capture

@@ -7,9 +7,8 @@ Layout, one JSON value per line::
     {"kind": "rows", "rows": [[row values, encoded, in column order], ...]}
                                                       <- rows of the last table record
     [row values, encoded, in column order]            <- one row (also accepted)
-    {"kind": "copy", "data": "<CSV>"}                  <- a table record with "encoding":
-                                                         "postgresql-csv": the rows as
-                                                         PostgreSQL's COPY wrote them
+                                      a table record with "encoding": "postgresql-text"
+                                      holds each value as the server printed it, or null
     ...
     {"kind": "footer", "rows": {"app.users": 3}, "total": 3, "sha256": "<of every line above>"}
 
@@ -19,15 +18,14 @@ checksum that does not match or with row counts that differ is refused as a whol
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..executor import SERVER_CSV
+from ..executor import SERVER_TEXT
 from .codec import CodecError, decode
 
 FORMAT = "pytest-safe-cleanup rows"
@@ -47,10 +45,9 @@ class BackupTable:
     schema: str | None
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    #: "codec" (values through codec.py) or "postgresql-csv" (the server's COPY output;
-    #: ``rows`` then hold each value's text, None for NULL, and ``csv`` the data itself)
+    #: "codec" (values through codec.py) or "postgresql-text" (each value's text as
+    #: the server printed it, None for NULL; restore hands it back to ``COPY FROM``)
     encoding: str = "codec"
-    csv: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,19 +89,10 @@ def dumps(value: Any) -> bytes:
     )
 
 
-def _csv_rows(data: str, width: int, path: Path) -> list[tuple[str | None, ...]]:
-    """Each value's text (None for NULL) from PostgreSQL's CSV, for inspection and counts.
-
-    PostgreSQL writes NULL unquoted and empty and other text quoted when needed; the
-    csv module cannot tell an unquoted empty field from a quoted one, so restore always
-    hands the data itself back to COPY, never these values.
-    """
-    rows: list[tuple[str | None, ...]] = []
-    for row in csv.reader(io.StringIO(data)):
-        if len(row) != width:
-            raise _damaged(path, "a COPY row that does not match its table's columns")
-        rows.append(tuple(v if v != "" else None for v in row))
-    return rows
+def _server_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise CodecError(f"a value that is not the server's text: {value!r}")
 
 
 def _damaged(path: Path, why: str) -> BackupError:
@@ -141,21 +129,14 @@ def parse(path: Path, data: bytes) -> Backup:
             f"(format {header.get('format')!r}, version {header.get('version')!r})"
         )
     tables: list[BackupTable] = []
+    value_of: Callable[[Any], Any] = decode
     try:
         for line in lines[1:]:
             record = json.loads(line)
             if isinstance(record, list):
                 if not tables or len(record) != len(tables[-1].columns):
                     raise _damaged(path, "a row that does not match its table's columns")
-                tables[-1].rows.append(tuple(decode(v) for v in record))
-            elif isinstance(record, dict) and record.get("kind") == "copy":
-                if not tables or tables[-1].encoding != SERVER_CSV or tables[-1].csv:
-                    raise _damaged(path, "COPY data without its table record")
-                copied = record.get("data")
-                if not isinstance(copied, str):
-                    raise _damaged(path, "COPY data that is not text")
-                tables[-1] = replace(tables[-1], csv=copied)
-                tables[-1].rows.extend(_csv_rows(copied, len(tables[-1].columns), path))
+                tables[-1].rows.append(tuple(value_of(v) for v in record))
             elif isinstance(record, dict) and record.get("kind") == "rows":
                 if not tables or not isinstance(record.get("rows"), list):
                     raise _damaged(path, "rows before their table record")
@@ -163,10 +144,10 @@ def parse(path: Path, data: bytes) -> Backup:
                 for row in record["rows"]:
                     if not isinstance(row, list) or len(row) != width:
                         raise _damaged(path, "a row that does not match its table's columns")
-                    tables[-1].rows.append(tuple(decode(v) for v in row))
+                    tables[-1].rows.append(tuple(value_of(v) for v in row))
             elif isinstance(record, dict) and record.get("kind") == "table":
                 encoding = record.get("encoding", "codec")
-                if encoding not in ("codec", SERVER_CSV):
+                if encoding not in ("codec", SERVER_TEXT):
                     raise _damaged(path, f"an unknown row encoding {encoding!r}")
                 tables.append(
                     BackupTable(
@@ -177,6 +158,7 @@ def parse(path: Path, data: bytes) -> Backup:
                         encoding=encoding,
                     )
                 )
+                value_of = _server_text if encoding == SERVER_TEXT else decode
             else:
                 raise _damaged(path, "an unknown record")
     except (ValueError, KeyError, TypeError) as exc:

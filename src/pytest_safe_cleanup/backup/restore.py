@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.sql.elements import ColumnClause
 
-from ..executor import SERVER_CSV
+from ..executor import SERVER_TEXT
 from ..target import mask_url
 from .format import Backup, BackupError, BackupTable, read_backup
 
@@ -122,12 +122,12 @@ def _prepare(conn: Connection, bt: BackupTable, typed: bool) -> _Prepared:
     binds: list[ColumnClause[Any]] = [column(c, _bind_type(table.c[c], typed)) for c in columns]
     clause = table_clause(table.name, *binds, schema=table.schema)
     key = [bt.columns.index(c.name) for c in table.primary_key.columns]
-    rows = list(bt.rows) if bt.encoding == SERVER_CSV else _self_ordered(table, bt)
+    rows = list(bt.rows) if bt.encoding == SERVER_TEXT else _self_ordered(table, bt)
     return _Prepared(bt, clause, columns, key, rows, table)
 
 
 class _ServerRows:
-    """Rows PostgreSQL wrote with COPY, read back by COPY: every value exactly.
+    """Rows as PostgreSQL printed each value, read back by COPY: every value exactly.
 
     They go into a temporary table of the target's column types first, so conflicts
     are found by the server and the real insert is one statement.
@@ -138,7 +138,7 @@ class _ServerRows:
     def __init__(self, conn: Connection, prep: _Prepared) -> None:
         if conn.dialect.driver != "psycopg":
             raise BackupError(
-                f"this backup of {prep.backup.name} holds PostgreSQL COPY data: restore it "
+                f"this backup of {prep.backup.name} holds PostgreSQL's own text: restore it "
                 "through psycopg (a postgresql+psycopg:// URL); nothing was restored"
             )
         preparer = conn.dialect.identifier_preparer
@@ -162,8 +162,10 @@ class _ServerRows:
         )
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            with cursor.copy(f"COPY {self.stage} ({every}) FROM STDIN WITH (FORMAT csv)") as copy:
-                copy.write(prep.backup.csv.encode("utf-8"))
+            # COPY's text format: each value goes to its column type's input as printed
+            with cursor.copy(f"COPY {self.stage} ({every}) FROM STDIN") as copy:
+                for row in prep.rows:
+                    copy.write_row(row)
         finally:
             cursor.close()
 
@@ -234,7 +236,7 @@ def restore_backup(
             plans = []
             servers: dict[str, _ServerRows | None] = {}
             for prep in prepared:
-                if prep.backup.encoding == SERVER_CSV:
+                if prep.backup.encoding == SERVER_TEXT:
                     server = _ServerRows(conn, prep) if prep.rows else None
                     servers[prep.backup.name] = server
                     taken = server.conflicts() if server is not None else 0
@@ -257,7 +259,7 @@ def restore_backup(
                 )
             if not dry_run:
                 for prep, rows in plans:
-                    if prep.backup.encoding == SERVER_CSV:
+                    if prep.backup.encoding == SERVER_TEXT:
                         staged = servers[prep.backup.name]
                         if staged is not None:
                             staged.insert(skip_existing)

@@ -17,7 +17,8 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..executor import SERVER_CSV, TableCount
+from ..executor import SERVER_TEXT, TableCount
 from ..plan import Plan
 from ..target import Target
 from .codec import CodecError, encode
@@ -133,6 +134,9 @@ class BackupStore:
         self._ready = False
         self._root_ready = False
         self._counter = 0
+        self._pool: ThreadPoolExecutor | None = None
+        #: what the writer thread could not do after the fact (reported as warnings)
+        self.problems: list[str] = []
 
     # -- folders -------------------------------------------------------------
     def _mkdir(self, path: Path, what: str) -> None:
@@ -245,147 +249,69 @@ class BackupStore:
         Returns only once the file is fsynced and read back with the counted rows and
         the checksum; any failure removes the partial file and raises BackupError.
         """
-
-        def selected() -> Iterator[tuple[str, Table, list[str], Any, str]]:
+        pending = self.begin(conn.dialect.name, plan, nodeid=nodeid, target=target)
+        try:
             for step in plan.steps:
-                result = conn.execute(
-                    select(text("*")).select_from(step.selectable).where(step.condition)
-                )
-                yield step.name, step.table, list(result.keys()), result, "codec"
-
-        return self._write_file(conn.dialect.name, plan, selected(), counts, nodeid, target)
-
-    def write_captured(
-        self,
-        dialect: str,
-        plan: Plan,
-        captured: Sequence[tuple[str, Table, list[str], Any, str]],
-        counts: list[TableCount],
-        *,
-        nodeid: str,
-        target: Target,
-    ) -> BackupInfo:
-        """Back up rows the deletes already returned (``DELETE ... RETURNING *``).
-
-        The transaction is still open: a failure here rolls the deletes back.
-        """
-        return self._write_file(dialect, plan, iter(captured), counts, nodeid, target)
-
-    def _write_file(
-        self,
-        dialect: str,
-        plan: Plan,
-        tables: Iterator[tuple[str, Table, list[str], Any, str]],
-        counts: list[TableCount],
-        nodeid: str,
-        target: Target,
-    ) -> BackupInfo:
-        expected = {c.table: c.counted for c in counts}
-        self._ensure_run()
-        path = self._next_path(nodeid)
-        try:
-            fd = self._open_new(path)
-        except OSError as exc:
-            raise BackupError(f"cannot create backup file {path}: {_why(exc)}") from None
-        try:
-            payload, digest, written = self._render(dialect, plan, tables, nodeid, target)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            fsync_dir(self.folder)
-            # Read back what the disk holds: the same bytes, so the same rows and checksum.
-            if path.read_bytes() != payload:
-                raise BackupError(f"backup {path} read back differently from what was written")
-            if written != expected:
-                raise BackupError(
-                    f"the rows backed up ({_describe(written)}) differ from the rows counted "
-                    f"({_describe(expected)}): the data changed during cleanup"
-                )
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            if isinstance(exc, BackupError):
-                raise BackupError(f"{exc}; nothing was deleted") from None
-            if isinstance(exc, OSError):
-                raise BackupError(
-                    f"could not write backup {path}: {_why(exc)}; nothing was deleted"
-                ) from None
-            if isinstance(exc, CodecError):
-                raise BackupError(
-                    f"cannot back up these rows exactly ({exc}); nothing was deleted: "
-                    "use safe_cleanup_backup = pg_dump for this database"
-                ) from None
-            if isinstance(exc, SQLAlchemyError):
-                detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-                raise BackupError(
-                    f"could not read the rows to back up: {detail[0] if detail else exc}; "
-                    "nothing was deleted"
-                ) from None
+                try:
+                    result = conn.execute(
+                        select(text("*")).select_from(step.selectable).where(step.condition)
+                    )
+                    columns, rows = list(result.keys()), result.all()
+                except SQLAlchemyError as exc:
+                    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                    raise BackupError(
+                        f"could not read the rows to back up: {detail[0] if detail else exc}; "
+                        "nothing was deleted"
+                    ) from None
+                pending.add((step.name, step.table, columns, rows, "codec"))
+            return pending.complete(counts)
+        except BaseException:
+            pending.abort()
             raise
-        return BackupInfo(path, sum(written.values()), written, digest)
 
-    def _render(
-        self,
-        dialect: str,
-        plan: Plan,
-        tables: Iterator[tuple[str, Table, list[str], Any, str]],
-        nodeid: str,
-        target: Target,
-    ) -> tuple[bytes, str, dict[str, int]]:
-        """The whole file in memory: one write, one fsync (teardown runs once per test)."""
-        lines = [
-            dumps(
-                {
-                    "kind": "header",
-                    "format": FORMAT,
-                    "version": VERSION,
-                    "dialect": dialect,
-                    "url": target.masked_url,
-                    "restore_url": restore_url(target),
-                    "target": target.name,
-                    "run_id": self.run_id,
-                    "worker": self.worker,
-                    "nodeid": nodeid,
-                    "created": dt.datetime.now(dt.UTC).isoformat(),
-                    "tables": plan.tables,
-                }
-            )
-        ]
-        written: dict[str, int] = {}
-        for name, table, columns, rows, encoding in tables:
-            record = {
-                "kind": "table",
-                "name": name,
-                "table": table.name,
-                "schema": table.schema,
-                "columns": columns,
+    def begin(self, dialect: str, plan: Plan, *, nodeid: str, target: Target) -> PendingBackup:
+        """Start a backup file that rows are added to as the deletes return them."""
+        self._ensure_run()
+        return PendingBackup(self, self._next_path(nodeid), dialect, plan, nodeid, target)
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="safe-cleanup-backup")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the writer thread (after the session's last cleanup)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def header(self, dialect: str, plan: Plan, nodeid: str, target: Target) -> bytes:
+        """The file's first line: where the rows came from and how to restore them."""
+        return dumps(
+            {
+                "kind": "header",
+                "format": FORMAT,
+                "version": VERSION,
+                "dialect": dialect,
+                "url": target.masked_url,
+                "restore_url": restore_url(target),
+                "target": target.name,
+                "run_id": self.run_id,
+                "worker": self.worker,
+                "nodeid": nodeid,
+                "created": dt.datetime.now(dt.UTC).isoformat(),
+                "tables": plan.tables,
             }
-            if encoding != "codec":
-                record["encoding"] = encoding
-            lines.append(dumps(record))
-            count = 0
-            if encoding == SERVER_CSV:
-                body, count = rows  # the server's CSV, kept as it is (one JSON string)
-                lines.append(dumps({"kind": "copy", "data": body}))
-            else:
-                for batch in _batches(rows):
-                    lines.append(_rows_line(batch))
-                    count += len(batch)
-            written[name] = count
-        body = b"".join(lines)
-        digest = hashlib.sha256(body).hexdigest()
-        footer = {
-            "kind": "footer",
-            "rows": written,
-            "total": sum(written.values()),
-            "sha256": digest,
-        }
-        return body + dumps(footer), digest, written
+        )
 
     # -- audit ---------------------------------------------------------------
     def audit(self, record: Mapping[str, Any]) -> None:
-        """Append one line to ``audit.jsonl``: one write, O_APPEND, fsynced, never rewritten."""
+        """Append one line to ``audit.jsonl``: one write, O_APPEND, never rewritten.
+
+        The write happens here, so a full disk or a read-only folder is reported with
+        the cleanup; the fsync runs on the writer thread, before the next backup is
+        made durable and before the session ends (see :meth:`flush`).
+        """
         self._ensure_root()
         path = self.root / AUDIT
         line = (
@@ -396,11 +322,189 @@ class BackupStore:
             try:
                 if os.write(fd, line) != len(line):
                     raise OSError(0, "short write")
-                os.fsync(fd)
-            finally:
+            except BaseException:
                 os.close(fd)
+                raise
         except OSError as exc:
             raise BackupError(f"cannot append to the audit log {path}: {_why(exc)}") from None
+        self._writer().submit(self._sync_audit, fd, path)
+
+    def _sync_audit(self, fd: int, path: Path) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self.problems.append(f"the audit log {path} could not be flushed to disk: {_why(exc)}")
+        finally:
+            os.close(fd)
+
+    def flush(self) -> list[str]:
+        """Wait for the writer thread; return (and forget) what it could not do."""
+        if self._pool is not None:
+            self._pool.submit(int).result()
+        problems, self.problems = self.problems, []
+        return problems
+
+
+def _table_lines(
+    name: str, table: Table, columns: list[str], rows: Any, encoding: str
+) -> tuple[list[bytes], int]:
+    """A table record and its rows records; the number of rows."""
+    record = {
+        "kind": "table",
+        "name": name,
+        "table": table.name,
+        "schema": table.schema,
+        "columns": columns,
+    }
+    if encoding != "codec":
+        record["encoding"] = encoding
+    lines = [dumps(record)]
+    if encoding == SERVER_TEXT:
+        # every value is the server's text or None: one C-level encode per batch
+        for start in range(0, len(rows), _BATCH):
+            chunk = {"kind": "rows", "rows": rows[start : start + _BATCH]}
+            lines.append((_ROW_ENCODER.encode(chunk) + "\n").encode("ascii"))
+        return lines, len(rows)
+    count = 0
+    for batch in _batches(rows):
+        lines.append(_rows_line(batch))
+        count += len(batch)
+    return lines, count
+
+
+class PendingBackup:
+    """One rows backup, written on the store's writer thread beside the deletes.
+
+    The file is created (and its folder fsynced) and each table's rows encoded while
+    the server deletes the next table, so only the last write, the fsync and the
+    read-back wait in :meth:`finish`. Steps run in order on one thread; after a failure
+    the rest are skipped, and :meth:`finish` or :meth:`abort` removes the file.
+    """
+
+    def __init__(
+        self,
+        store: BackupStore,
+        path: Path,
+        dialect: str,
+        plan: Plan,
+        nodeid: str,
+        target: Target,
+    ) -> None:
+        self.store = store
+        self.path = path
+        #: written under a hidden name and renamed when complete: a run killed midway
+        #: leaves no file that looks like a backup
+        self.partial = path.with_name(f".{path.name}.partial")
+        self._fd: int | None = None
+        self._error: BaseException | None = None
+        self._lines: list[bytes] = []
+        self._hash = hashlib.sha256()
+        self._written: dict[str, int] = {}
+        self._digest = ""
+        self._renamed = False
+        self._last: Future[None] = self._submit(self._create, dialect, plan, nodeid, target)
+
+    def _submit(self, step: Callable[..., None], *args: Any) -> Future[None]:
+        def run() -> None:
+            if self._error is None:
+                try:
+                    step(*args)
+                except BaseException as exc:  # reported by finish(), which the caller awaits
+                    self._error = exc
+
+        self._last = self.store._writer().submit(run)
+        return self._last
+
+    def _create(self, dialect: str, plan: Plan, nodeid: str, target: Target) -> None:
+        self._append([self.store.header(dialect, plan, nodeid, target)])
+        try:
+            self._fd = self.store._open_new(self.partial)
+        except OSError as exc:
+            raise BackupError(f"cannot create backup file {self.path}: {_why(exc)}") from None
+
+    def add(self, captured: tuple[str, Table, list[str], Any, str]) -> None:
+        """Encode one table's rows (they must not be read from a live cursor)."""
+        self._submit(self._encode, captured)
+
+    def _encode(self, captured: tuple[str, Table, list[str], Any, str]) -> None:
+        name, table, columns, rows, encoding = captured
+        lines, self._written[name] = _table_lines(name, table, columns, rows, encoding)
+        self._append(lines)
+
+    def _append(self, lines: list[bytes]) -> None:
+        self._lines += lines
+        for line in lines:
+            self._hash.update(line)
+
+    def finish(self, counts: Sequence[TableCount]) -> str:
+        """:meth:`complete`, returning the file's path (the executor's Capture)."""
+        return str(self.complete(counts).path)
+
+    def complete(self, counts: Sequence[TableCount]) -> BackupInfo:
+        """Write, fsync and read back the file; check it holds the counted rows."""
+        expected = {c.table: c.counted for c in counts}
+        self._submit(self._complete, expected).result()
+        if self._error is not None:
+            self._discard()
+            raise _backup_error(self._error, self.path) from None
+        return BackupInfo(self.path, sum(self._written.values()), dict(self._written), self._digest)
+
+    def _complete(self, expected: dict[str, int]) -> None:
+        self._digest = self._hash.hexdigest()  # of every line before the footer
+        footer = {
+            "kind": "footer",
+            "rows": self._written,
+            "total": sum(self._written.values()),
+            "sha256": self._digest,
+        }
+        self._lines.append(dumps(footer))
+        payload = b"".join(self._lines)
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise BackupError(f"backup {self.path} was not created")
+        if self._written != expected:
+            raise BackupError(
+                f"the rows backed up ({_describe(self._written)}) differ from the rows counted "
+                f"({_describe(expected)}): the data changed during cleanup"
+            )
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # Read back what the disk holds: the same bytes, so the same rows and checksum.
+        if self.partial.read_bytes() != payload:
+            raise BackupError(f"backup {self.path} read back differently from what was written")
+        os.rename(self.partial, self.path)
+        self._renamed = True
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Give up: wait for the writer, then remove the file."""
+        with contextlib.suppress(BaseException):
+            self._last.result()
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(OSError):
+            (self.path if self._renamed else self.partial).unlink()
+
+
+def _backup_error(exc: BaseException, path: Path) -> BaseException:
+    """What a failed backup step means for the cleanup: nothing was deleted."""
+    if isinstance(exc, BackupError):
+        return BackupError(f"{exc}; nothing was deleted")
+    if isinstance(exc, OSError):
+        return BackupError(f"could not write backup {path}: {_why(exc)}; nothing was deleted")
+    if isinstance(exc, CodecError):
+        return BackupError(
+            f"cannot back up these rows exactly ({exc}); nothing was deleted: "
+            "use safe_cleanup_backup = pg_dump for this database"
+        )
+    return exc
 
 
 def _describe(counts: Mapping[str, int]) -> str:
