@@ -6,11 +6,8 @@ one calls; here we only translate between pytest and them.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import itertools
 import os
-import secrets
 import sys
 from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
@@ -117,10 +114,9 @@ class State:
         self.run_id = (
             settings.run_id
             or workerinput.get(RUN_ID_KEY)
-            or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+            or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.urandom(3).hex()}"
         )
         self.worker = worker
-        self.tag_prefix = f"{hashlib.sha1(self.run_id.encode()).hexdigest()[:6]}-{worker or 'm'}"
         self.tags = itertools.count(1)
         self.report = Report(settings.mode, self.run_id, settings.source("mode"))
         self.interactive = intent.is_interactive(*_TTYS, os.environ, self.is_worker)
@@ -179,6 +175,13 @@ class State:
     def _stop_session(self, blocked: Blocked) -> None:
         if self.session is not None:
             self.session.shouldstop = str(blocked)
+
+    @cached_property
+    def tag_prefix(self) -> str:
+        """The run's and the worker's part of every tag (hashlib loads on first use)."""
+        import hashlib
+
+        return f"{hashlib.sha1(self.run_id.encode()).hexdigest()[:6]}-{self.worker or 'm'}"
 
     def next_tag(self) -> str:
         """A token unique to one test in this run, across xdist workers."""
@@ -545,6 +548,8 @@ def _finish_async(state: State, book: RegistrationBook, node: pytest.Item | None
     if loop is not None and not loop.is_closed() and not loop.is_running():
         errors = loop.run_until_complete(state.conductor.finish_async(entries, ctx))
     else:
+        import asyncio
+
         from sqlalchemy.ext.asyncio import create_async_engine
         from sqlalchemy.pool import NullPool
 
