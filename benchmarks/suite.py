@@ -243,7 +243,7 @@ def compile_like_a_wheel() -> str:
 
     folder = Path(pytest_safe_cleanup.__file__).parent
     compileall.compile_dir(str(folder), quiet=1)
-    return f"the plugin's modules were byte-compiled first, as a wheel install does ({folder})"
+    return "the plugin's modules were byte-compiled first, as a wheel install does"
 
 
 def main(argv: list[str] | None = None) -> int:
