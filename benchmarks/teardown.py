@@ -14,6 +14,10 @@ assets), re-created before every measured teardown:
                   then one autocommit DELETE per table
     plugin dry    SafeCleanup registrations -> Conductor.finish in mode dry
     plugin apply  the same in mode apply, with the default rows backup
+    contract floor  apply's steps written by hand in raw psycopg, nothing else: one
+                  count, DELETE ... RETURNING per table (rows as the server's text), a
+                  file created on a helper thread meanwhile, written, fsynced, read back,
+                  renamed, its folder fsynced, commit, an audit line fsynced on the thread
 
 The plugin is driven through its stable entry points (settings.resolve, runner.Guardian
 and Conductor, plan.SafeCleanup and RegistrationBook, backup.BackupStore), so this
@@ -24,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import itertools
+import json
 import os
 import pstats
 import re
@@ -35,10 +41,12 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from _common import Cluster, local_cluster, machine_lines, median_ms, render
 from sqlalchemy import (
     Column,
@@ -91,7 +99,7 @@ assets = Table(
     Column("name", String(200), nullable=False),
 )
 EXPECTED = {"assets": TENANT_ASSETS, "users": TENANT_USERS, "client_accounts": 1}
-APPROACHES = ("bare DELETE", "document", "plugin dry", "plugin apply")
+APPROACHES = ("bare DELETE", "document", "plugin dry", "plugin apply", "contract floor")
 
 
 class BenchmarkError(RuntimeError):
@@ -180,6 +188,15 @@ class Bench:
         apply_settings = resolve(cli={"safe_cleanup": "apply"}, env={}, ini={})
         self.guardian = runner.Guardian(apply_settings, environ={})
         self.guardian.install()
+        # The contract floor's own connection and helper thread (no SQLAlchemy, no plugin).
+        db = cluster.libpq()
+        self.raw = psycopg.connect(
+            f"host={db['host']} port={db['port']} user={db['user']} dbname={db['dbname']}"
+        )
+        self.helper = ThreadPoolExecutor(1)
+        self.floor_dir = workdir / "floor"
+        self.floor_dir.mkdir(mode=0o700)
+        self.floor_files = 0
         self.rigs = {
             "plugin dry": PluginRig("dry", self.engine, self.guardian, workdir / "backups"),
             "plugin apply": PluginRig("apply", self.engine, self.guardian, workdir / "backups"),
@@ -192,6 +209,8 @@ class Bench:
 
     def close(self) -> None:
         """Stop watching and release connections."""
+        self.helper.shutdown()
+        self.raw.close()
         self.guardian.uninstall()
         self.engine.dispose()
         self.autocommit.dispose()
@@ -383,6 +402,58 @@ class Bench:
         """The plugin in mode apply (rows backup)."""
         return self.rigs["plugin apply"].teardown(account)
 
+    def floor(self, account: int) -> Path:
+        """Apply's steps by hand on a raw psycopg connection: what no implementation beats."""
+        from psycopg.types.string import TextLoader
+
+        conn = self.raw
+        self.floor_files += 1
+        final = self.floor_dir / f"{self.floor_files:05d}.jsonl"
+        partial = final.with_name(f".{final.name}.partial")
+        conditions = [
+            ("assets", "account_id = %(a)s"),
+            ("users", "account_id = %(a)s"),
+            ("client_accounts", "id = %(a)s"),
+        ]
+        params = {"a": account}
+        with conn.cursor() as cur:
+            counted = cur.execute(
+                "SELECT "
+                + ", ".join(f"(SELECT count(*) FROM {t} WHERE {c})" for t, c in conditions),
+                params,
+            ).fetchone()
+            if counted is None or sum(counted) > 10_000:
+                raise BenchmarkError(f"floor counted {counted}")
+            created = self.helper.submit(
+                os.open, partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+            )
+            lines = []
+            for (table, condition), n in zip(conditions, counted, strict=True):
+                cur.execute(f"DELETE FROM {table} WHERE {condition} RETURNING *", params)
+                for oid in {d[1] for d in cur.description or ()}:
+                    cur.adapters.register_loader(oid, TextLoader)
+                rows = cur.fetchall()
+                if len(rows) != n:
+                    raise BenchmarkError(f"floor deleted {len(rows)} of {n} {table} rows")
+                lines.append(json.dumps({"rows": rows}, separators=(",", ":")).encode() + b"\n")
+        data = b"".join(lines)
+        data += json.dumps({"sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n"
+        fd = created.result()
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        if partial.read_bytes() != data:
+            raise BenchmarkError("floor read back a different file")
+        os.rename(partial, final)
+        folder = os.open(self.floor_dir, os.O_RDONLY)
+        os.fsync(folder)
+        os.close(folder)
+        conn.commit()
+        audit = os.open(self.floor_dir / "audit", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(audit, json.dumps({"account": account, "backup": str(final)}).encode() + b"\n")
+        self.helper.submit(_fsync_close, audit)
+        return final
+
     def approaches(self) -> dict[str, Callable[[int], object]]:
         """Name -> teardown of one tenant."""
         return {
@@ -390,6 +461,7 @@ class Bench:
             "document": self.document,
             "plugin dry": self.dry,
             "plugin apply": self.apply,
+            "contract floor": self.floor,
         }
 
     # -- checks -----------------------------------------------------------------
@@ -413,10 +485,17 @@ class Bench:
             backups = {o.backup for o in outcomes}
             if len(backups) != 1 or None in backups or not Path(str(backups.pop())).is_file():
                 raise BenchmarkError(f"apply wrote no backup file: {outcomes}")
+        elif name == "contract floor" and not Path(str(result)).is_file():
+            raise BenchmarkError(f"the floor wrote no backup file: {result!r}")
         elif name == "document" and not self.dump_file.stat().st_size:
             raise BenchmarkError("pg_dump wrote an empty file")
         if any(left.values()):
             raise BenchmarkError(f"{name} left rows behind: {left}")
+
+
+def _fsync_close(fd: int) -> None:
+    os.fsync(fd)
+    os.close(fd)
 
 
 def _outcomes(result: object) -> list[Outcome]:
@@ -609,8 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     out("\nstatements per teardown (before_cursor_execute on the engine, median):")
     for size in args.sizes:
-        parts = ", ".join(f"{name} {counts[size, name]}" for name in APPROACHES)
-        out(f"  {size:,}: {parts} (document also runs pg_dump)")
+        parts = ", ".join(f"{name} {counts[size, name]}" for name in APPROACHES[:-1])
+        out(f"  {size:,}: {parts} (document also runs pg_dump; the floor is not on the engine)")
     out(f"  once per session, the verdict at the engine's first connection: {verdict_statements}")
     out("round-trips on the wire per teardown (libpq trace: Query or Sync messages):")
     for size in args.sizes:
@@ -618,11 +697,20 @@ def main(argv: list[str] | None = None) -> int:
             out(f"  {size:,} {name}: {len(trips)} ({', '.join(trips)})")
 
     worst = max(medians[s, "plugin apply"] / medians[s, "bare DELETE"] for s in args.sizes)
+    floor = max(medians[s, "contract floor"] / medians[s, "bare DELETE"] for s in args.sizes)
+    over = ", ".join(
+        f"{s:,} {medians[s, 'plugin apply'] - medians[s, 'contract floor']:+.1f} ms"
+        for s in args.sizes
+    )
     dry_statements = max(counts[s, "plugin dry"] for s in args.sizes)
     out("\ntargets:")
     out(
         f"  apply within 1.5x of bare DELETE at every size: worst {worst:.2f}x "
         f"{'ok' if worst <= 1.5 else 'MISSED'}"
+    )
+    out(
+        f"    (the contract's steps by hand, nothing else: worst {floor:.2f}x; "
+        f"plugin apply over that floor: {over})"
     )
     if large != small:
         out(
