@@ -8,8 +8,10 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import time
 import uuid
 from decimal import Decimal
 from ipaddress import ip_address, ip_interface, ip_network
@@ -371,6 +373,33 @@ def test_a_failed_capture_leaves_no_file_and_deletes_nothing(
         apply_capturing(pg_url, store, [registration("everything", 1, 2, 3, 4)], use_async=False)
     assert count(engine, "everything") == 5
     assert [p.name for p in store.folder.iterdir()] == [RUN_MARKER]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_writes_its_own_backup(sqlite_rows: Engine, tmp_path: Path) -> None:
+    store = BackupStore(tmp_path / "b", "r")
+    apply_with_backup(sqlite_rows, store, [registration("things", 1)])  # the writer starts
+    pid = os.fork()
+    if pid == 0:  # the child has the pool object but not its thread
+        try:
+            apply_with_backup(sqlite_rows, store, [registration("things", 2)], "t.py::child")
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung writing its backup")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert count(sqlite_rows, "things") == 1
+    assert [read_backup(p).header["nodeid"] for p in sorted(store.folder.glob("*.jsonl"))] == [
+        "t.py::x",
+        "t.py::child",
+    ]
+    store.close()
 
 
 def test_postgres_restore_goes_parent_first_and_orders_self_references(

@@ -135,6 +135,7 @@ class BackupStore:
         self._root_ready = False
         self._counter = 0
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         #: what the writer thread could not do after the fact (reported as warnings)
         self.problems: list[str] = []
 
@@ -275,8 +276,10 @@ class BackupStore:
         return PendingBackup(self, self._next_path(nodeid), dialect, plan, nodeid, target)
 
     def _writer(self) -> ThreadPoolExecutor:
-        if self._pool is None:
+        # A forked child (pytest-forked, say) has the pool but not its thread: a new one.
+        if self._pool is None or self._pool_pid != os.getpid():
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="safe-cleanup-backup")
+            self._pool_pid = os.getpid()
         return self._pool
 
     def close(self) -> None:
