@@ -378,10 +378,11 @@ def _table_lines(
 class PendingBackup:
     """One rows backup, written on the store's writer thread beside the deletes.
 
-    The file is created (and its folder fsynced) and each table's rows encoded while
-    the server deletes the next table, so only the last write, the fsync and the
-    read-back wait in :meth:`finish`. Steps run in order on one thread; after a failure
-    the rest are skipped, and :meth:`finish` or :meth:`abort` removes the file.
+    The file is created under a hidden name and each table's rows encoded while the
+    server deletes the next table, so only the write, the fsync, the read-back and the
+    rename (with its folder's fsync) wait in :meth:`finish`, before the commit. Steps run
+    in order on one thread; after a failure the rest are skipped, and :meth:`finish` or
+    :meth:`abort` removes the file.
     """
 
     def __init__(
@@ -462,14 +463,14 @@ class PendingBackup:
         }
         self._lines.append(dumps(footer))
         payload = b"".join(self._lines)
-        fd, self._fd = self._fd, None
-        if fd is None:
-            raise BackupError(f"backup {self.path} was not created")
         if self._written != expected:
             raise BackupError(
                 f"the rows backed up ({_describe(self._written)}) differ from the rows counted "
                 f"({_describe(expected)}): the data changed during cleanup"
             )
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise BackupError(f"backup {self.path} was not created")
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
