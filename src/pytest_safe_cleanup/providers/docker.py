@@ -150,7 +150,9 @@ def _connect_engine(environ: Mapping[str, str], timeout: int) -> tuple[Any, str 
     def connect() -> None:
         client: Any = None
         try:
-            client = docker.from_env(timeout=timeout, environment=_sdk_environment(environ))
+            # The SDK's own timeout is a second longer than the join below, so a silent
+            # engine is always reported by the join, in the same words, not by a race.
+            client = docker.from_env(timeout=timeout + 1, environment=_sdk_environment(environ))
             client.ping()
         except BaseException as exc:
             if client is not None:
