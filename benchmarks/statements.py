@@ -83,8 +83,11 @@ def bench_watch() -> None:
     settings = resolve({}, {}, {})
     engine = create_engine("sqlite://")
     guardian = Guardian(settings, environ={})
-    best = {"no watch": float("inf"), "watch installed": float("inf"),
-            "engine watched in a test": float("inf")}
+    best = {
+        "no watch": float("inf"),
+        "watch installed": float("inf"),
+        "engine watched in a test": float("inf"),
+    }
     # Alternate the three set-ups and keep each one's best round: a busy machine
     # slows rounds at random, not one set-up.
     for _ in range(3):

@@ -7,8 +7,10 @@ process-wide watch on engines never leaks between runs.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -19,6 +21,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "conftest_examples"
@@ -199,5 +202,54 @@ def count_rows(url: str, table: str) -> int:
     try:
         with engine.connect() as conn:
             return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+#: the rows ``seed_demo`` makes, per table of the example suite
+DEMO_SEED = {"client_accounts": 2, "users": 3, "assets": 1}
+#: the example suite's tables, children first
+DEMO_TABLES = ("assets", "users", "client_accounts")
+
+
+def _demo_app() -> Any:
+    """The example suite's models, loaded under a private module name."""
+    name = "_sct_demo_app_seed"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "demo_app.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def seed_demo(url: str) -> None:
+    """The example suite's schema with rows that no example test made."""
+    demo = _demo_app()
+    engine = create_engine(url)
+    try:
+        demo.Base.metadata.create_all(engine)
+        with Session(engine) as session:
+            demo.create_tenant(session, "seed-a", users=2, assets=1)
+            demo.create_tenant(session, "seed-b", users=1, assets=0)
+    finally:
+        engine.dispose()
+
+
+def assert_demo_intact(url: str) -> None:
+    for table, n in DEMO_SEED.items():
+        assert count_rows(url, table) == n, f"{table} changed"
+
+
+def demo_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the example suite's tables, ordered by id, per table."""
+    engine: Engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                table: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY id"))]
+                for table in DEMO_TABLES
+            }
     finally:
         engine.dispose()

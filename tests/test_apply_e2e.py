@@ -420,6 +420,80 @@ def test_pg_dump_makes_one_readable_dump_per_session_and_target(
     assert ids(pg_url, "children") == {1, 2, 3}
 
 
+PG_DUMP_NOT_NEEDED = """
+import pytest
+
+
+@pytest.mark.safe_cleanup(max_rows=1)
+def test_over_the_limit(safe_cleanup, insert):
+    insert("parents", {"id": 10, "name": "big"}, {"id": 11, "name": "big"})
+    safe_cleanup.delete("parents", id=[10, 11])
+
+
+def test_matches_nothing(safe_cleanup):
+    safe_cleanup.delete("parents", id=999)
+"""
+
+
+def test_pg_dump_is_not_taken_for_a_cleanup_that_deletes_nothing(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """The dump comes after the count and the limit: refused or empty cleanups make none."""
+    execute(pg_url, FAMILY)
+    pytester.makeini("[pytest]\nsafe_cleanup_backup = pg_dump\n")
+    pytester.makeconftest(INNER_CONFTEST)
+    pytester.makepyfile(test_dump=PG_DUMP_NOT_NEEDED)
+
+    result = run(pytester, pg_url, "--safe-cleanup=apply")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*cleanup matches 2 rows, more than max_rows=1: nothing was*"])
+    result.stdout.no_fnmatch_line("backups written*")
+    assert list(pytester.path.rglob("*.dump")) == []
+    got = cleanups(report(pytester))
+    over = got["test_over_the_limit", None]
+    assert (over["status"], over["backup"]) == ("failed", None)
+    nothing = got["test_matches_nothing", "parents"]
+    assert (nothing["status"], nothing["counted"], nothing["deleted"], nothing["backup"]) == (
+        "deleted",
+        0,
+        0,
+        None,
+    )
+    assert all(a["backup"] is None for a in audit(backup_root(pytester)))
+    assert ids(pg_url, "parents") == {1, 2, 3, 10, 11}
+    assert ids(pg_url, "children") == {1, 2, 3}
+
+
+@pytest.mark.parametrize("where", ["sqlite", "no-pg_dump-on-path"])
+def test_pg_dump_that_cannot_run_refuses_and_deletes_nothing(
+    pytester: pytest.Pytester,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    if where == "sqlite":
+        url = f"sqlite:///{pytester.path / 'app.db'}"
+        reason = "*safe_cleanup_backup = pg_dump needs PostgreSQL, not sqlite: nothing was deleted*"
+    else:
+        url = request.getfixturevalue("pg_url")
+        empty = pytester.mkdir("empty-bin")
+        monkeypatch.setenv("PATH", str(empty))  # the inner run finds no pg_dump
+        reason = "*nothing was deleted: pg_dump was not found on PATH*"
+    execute(url, FAMILY)
+    pytester.makeini("[pytest]\nsafe_cleanup_backup = pg_dump\n")
+    pytester.makeconftest(INNER_CONFTEST)
+    pytester.makepyfile(test_dump=TWO_TESTS)
+
+    result = run(pytester, url, "--safe-cleanup=apply")
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines([reason, reason])  # each test's teardown says why
+    assert {c["status"] for c in report(pytester)["cleanups"]} == {"failed"}
+    assert list(pytester.path.rglob("*.dump")) == []
+    assert audit(backup_root(pytester)) == []
+    assert ids(url, "parents") == {1, 2, 3, 10, 20, 21}
+    assert ids(url, "children") == {1, 2, 3, 10}
+
+
 def test_backup_none_in_the_ini_deletes_and_warns(pytester: pytest.Pytester, pg_url: str) -> None:
     """(The marker ``backup="none"`` in a rows session is in the report test.)"""
     execute(pg_url, FAMILY)

@@ -259,3 +259,100 @@ def test_on_other_engine_and_unbound_error(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM users WHERE email = 'other'")).scalar() == 0
     engine.dispose()
+
+
+SYNC_ON_ASYNC = """
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from pytest_safe_cleanup.plan import RegistrationError
+
+OTHER = {other!r}
+MESSAGE = {message!r}
+
+
+def test_refused_clearly(safe_cleanup):
+    other = create_async_engine(OTHER, poolclass=NullPool)
+    with pytest.raises(RegistrationError) as caught:
+        safe_cleanup.on(other)
+    assert str(caught.value) == MESSAGE
+
+
+def test_refusal_fails_the_test(safe_cleanup):
+    other = create_async_engine(OTHER, poolclass=NullPool)
+    safe_cleanup.on(other).delete("users", email="seed-1")
+    safe_cleanup.delete("users", email="seed-2")  # never reached: nothing is registered
+"""
+SYNC_ON_ASYNC_MESSAGE = (
+    "safe_cleanup.on() takes an Engine; use async_safe_cleanup.on() for an AsyncEngine"
+)
+
+
+def test_sync_cleanup_refuses_an_async_engine_and_deletes_nothing(
+    pytester: pytest.Pytester, pg_url: str, pg_databases
+) -> None:
+    other = pg_databases.create()
+    seed(pg_url)
+    seed(other)
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(
+        test_on=SYNC_ON_ASYNC.format(other=async_url(other), message=SYNC_ON_ASYNC_MESSAGE)
+    )
+    result = pytester.runpytest_subprocess(
+        "--safe-cleanup-url", pg_url, "--safe-cleanup=apply", "--safe-cleanup-backup-dir", "bk",
+        "--safe-cleanup-report", "report.json", "-p", "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        f"FAILED test_on.py::test_refusal_fails_the_test - *RegistrationError: "
+        f"{SYNC_ON_ASYNC_MESSAGE}",
+    ])
+    output = result.stdout.str() + result.stderr.str()
+    assert "TypeError" not in output
+    assert "error" not in result.parseoutcomes()  # no teardown error either
+    assert cleanups_by_test(str(pytester.path / "report.json")) == {}
+    for url in (pg_url, other):
+        assert {table: count_rows(url, table) for table in SEED} == SEED, url
+
+
+def test_finish_checks_every_engine_before_cleaning_any(pg_url: str, pg_databases) -> None:
+    """An async engine that reaches the sync teardown anyway: no database is touched."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from pytest_safe_cleanup.plan import RegistrationBook, SafeCleanup
+    from pytest_safe_cleanup.report import Report
+    from pytest_safe_cleanup.runner import Conductor, Guardian, TestContext
+    from pytest_safe_cleanup.settings import Settings
+
+    other = pg_databases.create()
+    seed(pg_url)
+    seed(other)
+    settings = Settings(mode="apply", backup="none")  # nothing else would stop the delete
+    report = Report("apply", "run")
+    conductor = Conductor(
+        settings, Guardian(settings, environ={}), report, interactive=False, prompt=None
+    )
+    engine = create_engine(pg_url, poolclass=NullPool)
+    async_engine = create_async_engine(async_url(other), poolclass=NullPool)
+    book = RegistrationBook()
+    cleanup = SafeCleanup(engine, book=book, tag="t", context=lambda: ("t.py::t", frozenset()))
+    cleanup.delete("users", email="seed-1")
+    ((_, registrations),) = book.drain()
+    try:
+        errors = conductor.finish(
+            [(engine, registrations), (async_engine, registrations)], TestContext("t.py::t")
+        )
+    finally:
+        engine.dispose()
+    assert errors == [
+        "safe-cleanup: an AsyncEngine's cleanup reached safe_cleanup: use async_safe_cleanup; "
+        "nothing was deleted on any database of this test"
+    ]
+    assert [(o.target, o.status) for o in report.cleanups] == [
+        (make_url(pg_url).database, "failed"),
+        (make_url(other).database, "failed"),
+    ]
+    for url in (pg_url, other):
+        assert {table: count_rows(url, table) for table in SEED} == SEED, url

@@ -4,6 +4,7 @@ restored value for value; folders, retention, refusals; the pg_dump strategy."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -51,6 +52,7 @@ from pytest_safe_cleanup.backup import (
     read_backup,
     restore,
 )
+from pytest_safe_cleanup.backup import store as store_module
 from pytest_safe_cleanup.backup.store import RUN_MARKER
 from pytest_safe_cleanup.guard import Level, Verdict
 from pytest_safe_cleanup.target import from_url
@@ -544,6 +546,55 @@ def test_sqlite_round_trip_of_every_type(tmp_path: Path) -> None:
     assert_same_rows(typed_before, typed_after)
 
 
+RESTORE_URL_CASES = [
+    # (id, source URL, recorded restore URL)
+    ("no-password", "postgresql+psycopg://app@db.example.com/db", "postgresql+psycopg://app@db.example.com/db"),
+    ("userinfo-password", "postgresql+psycopg://app:pw@db.example.com/orders", None),
+    ("empty-userinfo-password", "postgresql+psycopg://app:@db.example.com/orders", None),
+    ("query-password", "postgresql+psycopg://app@db.example.com/orders?password=sekrit", None),
+    ("query-PWD-upper", "mssql+pyodbc://app@db.example.com/orders?PWD=sekrit", None),
+    ("query-sslpassword", "postgresql+psycopg://app@db.example.com/orders?sslpassword=k", None),
+    ("other-query-kept", "postgresql://app@h/orders?sslmode=require", "postgresql://app@h/orders?sslmode=require"),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "recorded"), [c[1:] for c in RESTORE_URL_CASES], ids=[c[0] for c in RESTORE_URL_CASES]
+)
+def test_restore_url_is_recorded_only_without_any_password(url: str, recorded: str | None) -> None:
+    assert store_module.restore_url(from_url(url, (), {})) == recorded
+
+
+def test_backup_header_of_a_url_with_a_query_password_has_no_restore_url(
+    pg_url: str, tmp_path: Path
+) -> None:
+    engine = engine_for(pg_url + "?password=q-s3cret")  # trust auth: the password is unused
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE kept (id int PRIMARY KEY); INSERT INTO kept VALUES (1)")
+    _, path = apply_with_backup(engine, BackupStore(tmp_path / "b", "r"), [registration("kept", 1)])
+    assert "q-s3cret" not in path.read_text()
+    backup = read_backup(path)
+    assert backup.header["restore_url"] is None and backup.restore_url is None
+    assert "password=" in backup.url
+
+
+def test_a_recorded_restore_url_with_a_password_is_not_reused(
+    sqlite_rows: Engine, tmp_path: Path
+) -> None:
+    store = BackupStore(tmp_path / "b", "r")
+    _, path = apply_with_backup(sqlite_rows, store, [registration("things", 1)])
+    backup = read_backup(path)
+    assert backup.restore_url == backup.header["restore_url"] is not None
+    for legacy in (
+        "postgresql://app@h/orders?password=%2A%2A%2A",  # what older versions wrote
+        "postgresql://app:***@h/orders",
+    ):
+        old = dataclasses.replace(backup, header={**backup.header, "restore_url": legacy})
+        assert old.restore_url is None
+    kept = dataclasses.replace(backup, header={**backup.header, "restore_url": "not a url"})
+    assert kept.restore_url == "not a url"  # restore then says the URL is unusable
+
+
 def test_postgres_backup_refused_into_sqlite(pg_everything: Engine, tmp_path: Path) -> None:
     _, path = apply_with_backup(
         pg_everything, BackupStore(tmp_path / "b", "r"), [registration("everything", 3)]
@@ -728,6 +779,54 @@ def test_pg_dump_password_goes_through_the_environment_never_argv(
     assert recorded[-1] == "PGPASSWORD=s3cret-pw"
     assert not any("s3cret-pw" in arg for arg in recorded[:-1])
     assert "-Fc" in recorded and path.stat().st_size > 0
+
+
+def test_pg_dump_sslpassword_is_neither_pgpassword_nor_argv(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = shutil.which("pg_dump")
+    log = tmp_path / "log"
+    bindir = wrapper(
+        tmp_path / "bin",
+        f'printf "%s\\n" "$@" > {log}; echo "PGPASSWORD=$PGPASSWORD" >> {log}; exec {real} "$@"',
+    )
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    path = dump_database(pg_url + "?sslpassword=key-phrase", tmp_path / "dumps")
+    recorded = log.read_text().splitlines()
+    assert recorded[-1] == "PGPASSWORD="  # the key's passphrase is not the login password
+    assert not any("key-phrase" in arg for arg in recorded[:-1])
+    assert path.stat().st_size > 0
+
+    with_both = pg_url.replace("postgres@", "postgres:s3cret-pw@") + "?SSLPassword=key-phrase"
+    dump_database(with_both, tmp_path / "dumps")
+    recorded = log.read_text().splitlines()
+    assert recorded[-1] == "PGPASSWORD=s3cret-pw"
+    assert not any("key-phrase" in line or "s3cret-pw" in line for line in recorded[:-1])
+
+
+def test_pg_dump_conninfo_keeps_secrets_apart() -> None:
+    from pytest_safe_cleanup.backup.pg_dump import conninfo
+    from pytest_safe_cleanup.target import parse_url
+
+    info, password = conninfo(parse_url("postgresql://u@h/db?sslpassword=k&sslmode=require"))
+    assert password is None and "k'" not in info and "sslmode='require'" in info
+    info, password = conninfo(parse_url("postgresql://u@h/db?pwd=p&sslpassword=k"))
+    assert password == "p" and "sslpassword" not in info and "pwd" not in info
+
+
+def test_pg_dump_failure_says_the_sslpassword_was_not_passed(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = wrapper(
+        tmp_path / "fail", "echo 'pg_dump: error: could not load private key' >&2; exit 1"
+    )
+    monkeypatch.setenv("PATH", str(failing))
+    with pytest.raises(BackupError) as caught:
+        dump_database(pg_url + "?sslpassword=key-phrase", tmp_path / "dumps")
+    message = str(caught.value)
+    assert "\n" not in message and "key-phrase" not in message
+    assert "sslpassword was not passed to pg_dump" in message and "nothing was deleted" in message
 
 
 def test_pg_dump_refusals(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ engine first and counts them afterwards: a refusal that deleted anything fails h
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import sqlite3
 import subprocess
 import sys
@@ -16,16 +16,21 @@ import pytest
 
 # Imported here, before any pytester snapshot of sys.modules, so it is imported once.
 import sqlalchemy.dialects.postgresql  # noqa: F401
-from conftest import EXAMPLES, PgDatabases, copy_examples, count_rows
+from conftest import (
+    DEMO_SEED,
+    PgDatabases,
+    assert_demo_intact,
+    copy_examples,
+    count_rows,
+    seed_demo,
+)
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from pytest_safe_cleanup.stamp import write_stamp
 
 USAGE_ERROR = 4
-DEMO_SEED = {"client_accounts": 2, "users": 3, "assets": 1}
 ITEMS = 6
 
 # Tests that would delete every seeded row if the plugin let them.
@@ -85,34 +90,12 @@ def count_items(url: str) -> int:
         conn.close()
 
 
-def _demo_app():
-    """The example suite's models, loaded under a private module name."""
-    name = "_sct_demo_app_seed"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "demo_app.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def seed_demo(url: str) -> None:
-    """The example suite's schema with rows that no example test made."""
-    demo = _demo_app()
-    engine = create_engine(url)
+def item_ids(url: str) -> list[int]:
+    conn = raw_connect(url)
     try:
-        demo.Base.metadata.create_all(engine)
-        with Session(engine) as session:
-            demo.create_tenant(session, "seed-a", users=2, assets=1)
-            demo.create_tenant(session, "seed-b", users=1, assets=0)
+        return [int(r[0]) for r in conn.execute("SELECT id FROM items ORDER BY id").fetchall()]
     finally:
-        engine.dispose()
-
-
-def assert_demo_intact(url: str) -> None:
-    for table, n in DEMO_SEED.items():
-        assert count_rows(url, table) == n, f"{table} changed"
+        conn.close()
 
 
 def stamp_in_process(url: str, environment: str) -> None:
@@ -399,3 +382,85 @@ def test_dry_run_reports_a_confirm_target_and_deletes_nothing(
     made = {"client_accounts": 6, "users": 14, "assets": 7}
     for table, n in DEMO_SEED.items():
         assert count_rows(url, table) == n + made[table], table
+
+
+# --------------------------------------------------------------------------- 6. at teardown
+
+#: registers on a production-stamped database through ``on()`` with a Table object, so
+#: nothing connects to it until teardown; test_second would delete from it again
+BLOCKED_AT_TEARDOWN_TESTS = """
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, text
+
+ITEMS = Table(
+    "items", MetaData(), Column("id", Integer, primary_key=True), Column("name", String(40))
+)
+BLOCKED = create_engine({blocked!r})  # creating an engine does not connect
+
+
+def test_first(safe_cleanup):
+    with safe_cleanup.engine.begin() as conn:
+        conn.execute(text("INSERT INTO items (id, name) VALUES (100, 'made')"))
+    safe_cleanup.delete("items", id=100)
+    safe_cleanup.on(BLOCKED).delete(ITEMS, id=[1, 2])
+
+
+def test_second(safe_cleanup):
+    safe_cleanup.on(BLOCKED).delete(ITEMS, all_rows=True)
+"""
+
+
+def test_blocked_target_found_at_teardown_is_refused_and_stops_the_session(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pg_databases: PgDatabases
+) -> None:
+    allowed = pg_databases.create(prefix="orders")
+    blocked = pg_databases.create(prefix="ledger")
+    seed_items(allowed)
+    seed_items(blocked)
+    stamp_in_process(blocked, "production")
+    pytester.makepyfile(test_later=BLOCKED_AT_TEARDOWN_TESTS.format(blocked=blocked))
+    pytester.makeini("[pytest]\nsafe_cleanup_backup = none\n")
+    monkeypatch.setenv("ENVIRONMENT", "test")
+
+    result = pytester.runpytest_subprocess(
+        "--safe-cleanup=apply",
+        "--safe-cleanup-url",
+        allowed,
+        "--safe-cleanup-report",
+        "r.json",
+        "-p",
+        "no:cacheprovider",
+    )
+
+    # The test body passed; its teardown errors with the refusal and the session stops.
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_first*",
+            "safe-cleanup: safe-cleanup refused * BLOCK: the database is stamped 'production'*",
+            "*Interrupted*safe-cleanup*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*test_second*")
+    result.stdout.fnmatch_lines(
+        [
+            "*= safe cleanup =*",
+            f"target {blocked.rsplit('/', 1)[1]} *: BLOCK",
+            "REFUSED test_later.py::test_first (ledger_*): safe-cleanup refused *BLOCK*",
+        ]
+    )
+    report = json.loads((pytester.path / "r.json").read_text())
+    got = [
+        (c["nodeid"].split("::")[-1], c["target"], c["table"], c["deleted"], c["status"])
+        for c in report["cleanups"]
+    ]
+    assert sorted(got, key=str) == sorted(
+        [
+            ("test_first", allowed.rsplit("/", 1)[1], "items", 1, "deleted"),
+            ("test_first", blocked.rsplit("/", 1)[1], None, None, "refused"),
+        ],
+        key=str,
+    )
+    # The allowed database lost only the row test_first made; the blocked one lost nothing.
+    assert count_items(allowed) == ITEMS
+    assert count_items(blocked) == ITEMS
+    assert item_ids(allowed) == item_ids(blocked) == list(range(1, ITEMS + 1))

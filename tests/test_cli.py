@@ -331,3 +331,116 @@ def test_postgres_stamp_is_seen_by_open_connections(
     assert code == 3
     assert_one_error_line(err)
     assert "ALTER DATABASE" in err and "RESET safe_cleanup.environment" in err
+
+
+# ---------------------------------------------------------------------------- backups, restore
+
+
+def sqlite_backup(tmp_path: Path, root: Path) -> tuple[str, Path]:
+    """A SQLite database whose three rows were deleted with a rows backup under ``root``."""
+    from typing import Any
+
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    from pytest_safe_cleanup import executor, plan
+    from pytest_safe_cleanup.backup import BackupStore
+    from pytest_safe_cleanup.guard import Verdict
+    from pytest_safe_cleanup.target import from_url
+
+    url = sqlite_url(tmp_path / "app.db")
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.exec_driver_sql("INSERT INTO things VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    things = Table("things", MetaData(), Column("id", Integer, primary_key=True))
+    built = plan.build_plan([plan.Registration(things, things.c.id.in_([1, 2, 3]))])
+    store = BackupStore(root, "run-1")
+    target = from_url(url)
+
+    def hook(conn: Any, p: plan.Plan, counts: list[Any]) -> str:
+        return str(store.write_rows(conn, p, counts, nodeid="t::x", target=target).path)
+
+    _, location = executor.apply(
+        engine, built, verdict=Verdict(Level.ALLOW, ()), max_rows=100, backup=hook
+    )
+    engine.dispose()
+    assert location is not None
+    return url, Path(location)
+
+
+def things(url: str) -> int:
+    with sqlite3.connect(make_url(url).database or "") as conn:
+        return int(conn.execute("SELECT count(*) FROM things").fetchone()[0])
+
+
+def test_backups_default_folder_is_under_the_given_rootdir_without_a_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = tmp_path / "project"
+    sqlite_backup(tmp_path, project / ".safe-cleanup" / "backups")
+    assert find_config(project).path is None  # no config file anywhere above
+    code, out, err = run(capsys, "backups", "--rootdir", str(project))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == f"backups in {project / '.safe-cleanup' / 'backups'}"
+    assert "run run-1 " in out
+    # without --rootdir the cwd is the rootdir, as in pytest
+    code, out, _ = run(capsys, "backups")
+    assert (code, out) == (0, f"no backups in {tmp_path / '.safe-cleanup' / 'backups'}\n")
+
+
+def test_backups_rootdir_beats_the_config_folder_and_bases_the_ini_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\nsafe_cleanup_backup_dir = kept\n")
+    project = tmp_path / "project"
+    sqlite_backup(tmp_path, project / "kept")
+    code, out, _ = run(capsys, "backups", "--rootdir", str(project))  # config found above
+    assert code == 0 and out.splitlines()[0] == f"backups in {project / 'kept'}"
+    code, out, _ = run(capsys, "backups")
+    assert (code, out) == (0, f"no backups in {tmp_path / 'kept'}\n")
+
+
+def test_restore_makes_one_engine_for_the_stamp_and_the_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_safe_cleanup import cli
+
+    url, path = sqlite_backup(tmp_path, tmp_path / "backups")
+    made: list[object] = []
+    real = cli._engine
+
+    def counting(u: object) -> object:
+        engine = real(u)  # type: ignore[arg-type]
+        made.append(engine)
+        return engine
+
+    monkeypatch.setattr(cli, "_engine", counting)
+    code, out, err = run(capsys, "restore", str(path))
+    assert (code, err) == (0, ""), err
+    assert "restored 3 rows" in out
+    assert len(made) == 1
+    assert things(url) == 3
+
+
+def test_restore_into_a_target_without_a_name_cannot_be_confirmed_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from pytest_safe_cleanup import cli
+
+    url, path = sqlite_backup(tmp_path, tmp_path / "backups")
+    monkeypatch.setenv("ENVIRONMENT", "qa")  # CONFIRM
+    real = cli.verdict_for
+
+    def nameless(*args: object, **kwargs: object) -> object:
+        target, verdict = real(*args, **kwargs)  # type: ignore[arg-type]
+        return dataclasses.replace(target, name=""), verdict
+
+    monkeypatch.setattr(cli, "verdict_for", nameless)
+    for argv in (("--confirm", ""), ()):
+        code, out, err = run(capsys, "restore", str(path), *argv)
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and "needs confirmation" in err
+        assert "--url that names the database" in err
+    assert things(url) == 0

@@ -276,9 +276,9 @@ def test_plugin_runs_on_a_docker_disposable_postgres(
     pytester: pytest.Pytester, docker_engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", docker_engine)
-    # Until plugin.py passes ini safe_cleanup_postgres_image to start_disposable(image=...),
-    # the provider reads the image from this variable; drop this line once that is wired.
-    monkeypatch.setenv(IMAGE_ENV, IMAGE)
+    # The variable names an image no engine has: only the ini key (which wins over it)
+    # lets the session start, so passing shows the ini image was the one used.
+    monkeypatch.setenv(IMAGE_ENV, "localhost/safe-cleanup-no-such-image:0")
     before = _our_containers()
     pytester.makepyfile(test_notes=PROJECT)
     pytester.makeini(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import copy_examples, count_rows
+from conftest import DEMO_SEED, copy_examples, count_rows, demo_rows, seed_demo
 
 #: test_tenants.py 4/10/5, test_orm_tracked.py 1/2/1, test_async_tenants.py 1/2/1
 EXPECTED = {"client_accounts": 6, "users": 14, "assets": 7}
@@ -65,6 +65,10 @@ def test_apply_removes_exactly_the_registered_rows(
     else:
         url = request.getfixturevalue("pg_url")
         pytester.makeini("[pytest]\nsafe_cleanup_backup = none\n")
+    # Rows no example test registers: a cleanup wider than the registrations takes them too.
+    seed_demo(url)
+    seeded = demo_rows(url)
+    assert {t: len(rows) for t, rows in seeded.items()} == DEMO_SEED
     copy_examples(pytester)
     result = pytester.runpytest_subprocess(
         "--safe-cleanup-url", url, "--safe-cleanup=apply", "--safe-cleanup-report", "r.json",
@@ -76,4 +80,5 @@ def test_apply_removes_exactly_the_registered_rows(
         t: {"counted": n, "deleted": n} for t, n in EXPECTED.items()
     }
     for table in EXPECTED:
-        assert count_rows(url, table) == 0, table
+        assert count_rows(url, table) == DEMO_SEED[table], table
+    assert demo_rows(url) == seeded, "only the registered rows go; the seeded ones stay"

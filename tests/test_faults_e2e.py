@@ -21,17 +21,11 @@ import pytest
 
 # Imported before any pytester snapshot of sys.modules, so it is imported once.
 import sqlalchemy.dialects.postgresql  # noqa: F401
+from conftest import seed_family
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from pytest_safe_cleanup.backup import read_backup
-
-FAMILY = """
-CREATE TABLE parents (id int PRIMARY KEY, name text NOT NULL);
-CREATE TABLE children (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parents(id));
-INSERT INTO parents VALUES (1, 'seed1'), (2, 'seed2'), (3, 'seed3');
-INSERT INTO children VALUES (1, 1), (2, 2), (3, 3);
-"""
 
 #: a trigger on parents that runs ``action`` when the plan's last parent is deleted
 TRIGGER = """
@@ -115,7 +109,8 @@ def table_ids(url: str) -> dict[str, set[int]]:
 def project(
     pytester: pytest.Pytester, url: str, parents: list[int], action: str, when: str = DURING_DELETE
 ) -> None:
-    execute(url, FAMILY + TRIGGER.format(last=parents[-1], action=action) + when)
+    seed_family(url)  # parents and children 1-3
+    execute(url, TRIGGER.format(last=parents[-1], action=action) + when)
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_fault=FAMILY_TEST.format(parents=parents))
 
@@ -355,7 +350,7 @@ def test_disk_full_while_writing_the_backup_stops_the_delete(
     why = mount_namespaces_work(full)
     if why is not None:
         pytest.skip(f"needs root and mount namespaces for a tiny tmpfs (unshare -m): {why}")
-    execute(pg_url, FAMILY)
+    seed_family(pg_url)
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(
         test_big="""

@@ -8,6 +8,7 @@ import pytest
 
 from pytest_safe_cleanup import guard, target
 from pytest_safe_cleanup.guard import Level, read_environment
+from pytest_safe_cleanup.intent import IntentBook
 from pytest_safe_cleanup.settings import Settings, resolve
 
 LOCAL = "postgresql+psycopg://app@localhost:5432/app_test"
@@ -412,3 +413,58 @@ def test_evaluate_is_pure_and_repeatable() -> None:
     assert tgt.disposable is False
     guard.evaluate(environment, tgt, "disposable", DEFAULTS)
     assert tgt.disposable is False  # a disposable stamp does not change the caller's target
+
+
+# --- targets with no known local default ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BODBC+Driver+18%7D%3BSERVER%3Dprod%3BDATABASE%3Dx",
+        "oracle+oracledb://u:p@/?dsn=prod.example.com/orcl",
+    ],
+    ids=["mssql-odbc_connect", "oracle-dsn"],
+)
+def test_hostless_url_of_another_backend_is_remote_and_asks(url: str) -> None:
+    for environ in ({}, {"ENVIRONMENT": "test"}):
+        v = verdict(environ, url)
+        assert v.level is Level.CONFIRM, v.reasons
+        assert "host" in rules(v)
+
+
+# --- layer 2 decisions (pure logic) ----------------------------------------------------------
+
+
+def confirm_verdict(tgt: target.Target) -> guard.Verdict:
+    v = guard.evaluate(read_environment(("ENVIRONMENT",), {}), tgt, None, DEFAULTS)
+    assert v.level is Level.CONFIRM
+    return v
+
+
+def test_prompt_confirms_only_the_typed_name() -> None:
+    tgt = target.from_url(REMOTE, (), {})
+    v = confirm_verdict(tgt)
+    yes = IntentBook().decide(tgt, v, interactive=True, confirms=(), prompt=lambda _: " app_test\n")
+    assert (yes.proceed, yes.status) == (True, "deleted")
+    no = IntentBook().decide(tgt, v, interactive=True, confirms=(), prompt=lambda _: "")
+    assert (no.proceed, no.status) == (False, "dry")
+
+
+def test_empty_database_name_is_never_confirmed_by_pressing_enter() -> None:
+    tgt = dataclasses.replace(target.from_url(REMOTE, (), {}), name="")
+    v = confirm_verdict(tgt)
+    asked: list[str] = []
+
+    def enter(text: str) -> str:
+        asked.append(text)
+        return "\n"
+
+    book = IntentBook()
+    for _ in range(2):  # answered once per session, and still no
+        decision = book.decide(tgt, v, interactive=True, confirms=(), prompt=enter)
+        assert (decision.proceed, decision.status) == (False, "dry")
+        assert "\n" not in decision.reason
+    assert len(asked) == 1
+    spaces = IntentBook().decide(tgt, v, interactive=True, confirms=(), prompt=lambda _: "   ")
+    assert not spaces.proceed

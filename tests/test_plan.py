@@ -425,8 +425,21 @@ def test_max_rows(sqlite_db: Engine, max_rows: int, refused: bool) -> None:
             )
         assert all_ids(sqlite_db) == SEEDED
     else:
-        executor.apply(sqlite_db, tenant_plan(), verdict=verdict, max_rows=max_rows, backup=None)
+        done, _ = executor.apply(
+            sqlite_db, tenant_plan(), verdict=verdict, max_rows=max_rows, backup=None
+        )
+        assert [(c.table, c.counted, c.deleted) for c in done] == [
+            ("assets", 3, 3),
+            ("users", 3, 3),
+            ("accounts", 1, 1),
+        ]
         assert sum(len(v) for v in all_ids(sqlite_db).values()) == 16 - 7
+        assert all_ids(sqlite_db) == {
+            "accounts": {2},
+            "users": {4, 5, 6},
+            "assets": {4, 5},
+            "employees": {1, 2, 3},
+        }
 
 
 BLOCKS = [

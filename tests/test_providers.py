@@ -292,6 +292,46 @@ def test_url_helpers() -> None:
     assert mask_url("postgres://u:pw@h:1/db") == "postgresql://u:***@h:1/db"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@h/db?password=sekrit",
+        "postgres://u@h/db?PASSWORD=sekrit&sslmode=require",
+        "postgresql+psycopg://u:sekrit@h/db?password=sekrit",
+        "postgresql://u@h/db?sslpassword=sekrit",
+    ],
+)
+def test_mask_url_hides_a_password_in_the_query_string(url: str) -> None:
+    shown = mask_url(url)
+    assert "sekrit" not in shown
+    assert shown.startswith("postgresql") and "@h/db" in shown
+
+
+def test_server_messages_hide_a_query_string_password() -> None:
+    url = f"postgresql://someone@127.0.0.1:{_closed_port()}/postgres?password=s3cret"
+    with pytest.raises(ProviderUnavailable) as caught:
+        ServerDatabase(url).start()
+    message = str(caught.value)
+    _one_line(message)
+    assert "s3cret" not in message and "someone@127.0.0.1" in message
+    with pytest.raises(ProviderUnavailable) as caught:
+        ServerDatabase("mysql://u@h/db?password=s3cret").start()
+    assert "s3cret" not in str(caught.value)
+
+
+def test_server_detail_hides_a_query_string_password(server_url: str, admin: Engine) -> None:
+    given = make_url(server_url).update_query_dict({"password": "q-s3cret"})
+    text = given.render_as_string(hide_password=False)
+    db, provider, why = start_disposable(text, {})
+    try:
+        assert db.kind == "server"
+        assert "q-s3cret" not in db.detail and "q-s3cret" not in why
+        _one_line(db.detail)
+    finally:
+        provider.stop()
+    assert not _database_exists(admin, str(make_url(db.url).database))
+
+
 # --- start_disposable --------------------------------------------------------------------
 
 

@@ -278,7 +278,82 @@ def test_paths_from_cli_and_env() -> None:
     assert settings.source("backup_dir") == "ini safe_cleanup_backup_dir"
 
 
+@pytest.mark.parametrize(
+    ("ini", "expected", "source"),
+    [
+        ({}, None, "default"),
+        ({"safe_cleanup_postgres_image": "  "}, None, "ini safe_cleanup_postgres_image"),
+        (
+            {"safe_cleanup_postgres_image": " mirror/postgres:17 "},
+            "mirror/postgres:17",
+            "ini safe_cleanup_postgres_image",
+        ),
+    ],
+)
+def test_postgres_image_has_no_default_of_its_own(
+    ini: dict[str, Any], expected: str | None, source: str
+) -> None:
+    """Unset, the provider picks: SAFE_CLEANUP_POSTGRES_IMAGE, else its DEFAULT_IMAGE."""
+    settings = resolve({}, {"SAFE_CLEANUP_POSTGRES_IMAGE": "from/env:1"}, ini)
+    assert settings.postgres_image == expected
+    assert settings.source("postgres_image") == source
+
+
 # --- as users see it: pytest runs -----------------------------------------------------------
+
+#: the docker provider replaced by one that only says which image it was asked to run
+IMAGE_PROBE_CONFTEST = """
+import pytest_safe_cleanup.providers.docker as docker
+from pytest_safe_cleanup.providers import ProviderUnavailable
+
+
+class ImageProbe:
+    def __init__(self, image, environ=None):
+        self.image = image
+
+    def start(self):
+        raise ProviderUnavailable(f"asked for image {self.image}")
+
+    def stop(self):
+        pass
+
+
+docker.DockerPostgres = ImageProbe
+"""
+
+
+@pytest.mark.parametrize(
+    ("env_image", "ini_image", "used"),
+    [
+        ("from/env:1", None, "from/env:1"),
+        ("from/env:1", "from/ini:2", "from/ini:2"),
+        (None, None, "postgres:16-alpine"),
+    ],
+    ids=["env-applies-without-ini", "ini-beats-env", "provider-default"],
+)
+def test_postgres_image_from_the_environment_applies_when_no_ini_is_set(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    env_image: str | None,
+    ini_image: str | None,
+    used: str,
+) -> None:
+    if env_image is None:
+        monkeypatch.delenv("SAFE_CLEANUP_POSTGRES_IMAGE", raising=False)
+    else:
+        monkeypatch.setenv("SAFE_CLEANUP_POSTGRES_IMAGE", env_image)
+    monkeypatch.delenv("SAFE_CLEANUP_REQUIRE_POSTGRES", raising=False)
+    ini = "[pytest]\nsafe_cleanup_postgres = docker\n"
+    if ini_image is not None:
+        ini += f"safe_cleanup_postgres_image = {ini_image}\n"
+    pytester.makeini(ini)
+    pytester.makeconftest(IMAGE_PROBE_CONFTEST)
+    pytester.makepyfile("def test_db(disposable_postgres):\n    pass\n")
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [f"SKIPPED * safe-cleanup: no disposable PostgreSQL: docker: asked for image {used}"]
+    )
 
 
 def test_unknown_mode_on_the_command_line_is_a_usage_error(pytester: pytest.Pytester) -> None:

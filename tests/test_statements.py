@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_safe_cleanup.statements import classify, shorten
+from pytest_safe_cleanup.statements import (
+    _READINGS,
+    _classify,
+    _readings_for,
+    _strip,
+    classify,
+    shorten,
+)
 
 W, D = "write", "destructive"  # destructive implies write
 
@@ -78,13 +85,56 @@ CASES = [
     ("SELECT * FROM t WHERE note = 'truncate' AND kind = 'drop'", "", None),
     ("select * from deleted_items", "", None),
     ("SELECT updated_at, inserted_by FROM t", "", None),
+    # dialects disagree on strings and comments: the most dangerous reading counts
+    ("SELECT E'\\''; DELETE FROM t; -- '", "DELETE", D),  # PostgreSQL E'' escapes
+    ("SELECT 'a\\'; DELETE FROM t; -- '", "DELETE", D),  # MySQL; PG, standard strings off
+    ('SELECT "a\\"; DELETE FROM t; -- "', "DELETE", D),  # a MySQL string
+    ("SELECT 'C:\\', E'\\''; DELETE FROM t; -- '", "DELETE", D),  # both kinds in PG
+    ("SELECT 1; # '\nDELETE FROM t; -- '", "DELETE", D),  # a MySQL comment
+    ("SELECT 1 --1; DELETE FROM t", "DELETE", D),  # MySQL: "--" needs a space after
+    ("SELECT 1; /*!50000 DELETE FROM t */", "DELETE", D),  # MySQL runs /*! ... */
+    ("SELECT 1 AS $$; DELETE FROM t; -- $$", "DELETE", D),  # $$ is a MySQL name
+    ("SELECT 1 AS a$$; DELETE FROM t; -- $$", "DELETE", D),  # a$$ is a PG name
+    ("SELECT 1 AS [it's]; DELETE FROM t; -- ']", "DELETE", D),  # SQLite, SQL Server
+    ("/* /* */ ' */ DELETE FROM t; -- '", "DELETE", D),  # nested in PG, SQL Server
+    ("SELECT 1;\fDELETE FROM t", "DELETE", D),  # form feed and vertical tab are spaces
+    ("\vDELETE FROM t", "DELETE", D),
+    ("SELECT 'it''s'", "", None),
+    ("SELECT '#not a comment'", "", None),
+    ("SELECT 'C:\\path\\'", "", None),
+    ("SELECT e'\\n', E'it\\'s' FROM t", "", None),
+    ("SELECT a # b FROM t", "", None),  # PostgreSQL's xor
+    ("SELECT a -- b\n FROM t", "", None),
+    ("SELECT arr[1], `c` FROM t", "", None),
+    ("SELECT $1, $2", "", None),
+    ("SELECT $tag$ it's; $tag$", "", None),
+    ("/* a */ /* b */ SELECT 1", "", None),
+    ("/*+ hint */ SELECT 1", "", None),
     # SELECT ... INTO makes a table
     ("SELECT * INTO new_t FROM t", "SELECT INTO", W),
     ("select a, b into temp copy_t from t", "SELECT INTO", W),
+    ("WITH a AS (SELECT 1) SELECT * INTO x FROM a", "WITH ... SELECT INTO", W),
+    ("SELECT 1 INTO @x", "", None),  # MySQL variables
+    ("SELECT 1 INTO  @x", "", None),
     # EXPLAIN runs the statement only with ANALYZE
     ("EXPLAIN ANALYZE DELETE FROM t", "EXPLAIN ANALYZE DELETE", D),
     ("EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1", "EXPLAIN ANALYZE UPDATE", W),
     ("explain analyse delete from t", "EXPLAIN ANALYZE DELETE", D),
+    ("EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1", "EXPLAIN ANALYZE CREATE", W),
+    ("EXPLAIN (ANALYZE) SELECT * INTO x FROM t", "EXPLAIN ANALYZE SELECT INTO", W),
+    ("EXPLAIN ANALYZE (SELECT * INTO x FROM t)", "EXPLAIN ANALYZE SELECT INTO", W),
+    ("EXPLAIN ANALYZE VERBOSE DELETE FROM t", "EXPLAIN ANALYZE DELETE", D),
+    ("EXPLAIN ANALYZE FORMAT=TREE DELETE FROM t", "EXPLAIN ANALYZE DELETE", D),  # MySQL
+    ("EXPLAIN ANALYZE WITH d AS (DELETE FROM t) SELECT 1", "EXPLAIN ANALYZE WITH ... DELETE", D),
+    ("/* c */ EXPLAIN (ANALYZE, FORMAT JSON) TRUNCATE t", "EXPLAIN ANALYZE TRUNCATE", D),
+    ("ANALYZE DELETE FROM t", "ANALYZE DELETE", D),  # MariaDB runs it
+    ("ANALYZE FORMAT=JSON UPDATE t SET a = 1", "ANALYZE UPDATE", W),
+    ("ANALYZE t", "ANALYZE", None),
+    ("ANALYZE VERBOSE t", "ANALYZE", None),
+    ("ANALYZE TABLE t", "ANALYZE", None),
+    ("EXPLAIN (FORMAT JSON) DELETE FROM t", "EXPLAIN", None),
+    ("EXPLAIN ANALYZE WITH a AS (SELECT 1) SELECT * FROM a", "EXPLAIN", None),
+    ("DESCRIBE t", "DESCRIBE", None),
     ("EXPLAIN DELETE FROM t", "EXPLAIN", None),
     ("EXPLAIN (COSTS off) DELETE FROM t", "EXPLAIN", None),
     ("EXPLAIN ANALYZE SELECT * FROM t", "EXPLAIN", None),
@@ -119,6 +169,23 @@ def test_classify(sql: str, keyword: str, kind: str | None) -> None:
         kind is not None,
         kind == D,
     )
+
+
+SHORTCUTS = [c[0] for c in CASES] + [
+    "SELECT 'a\\' /* x */, `b`, [c], $$d$$; # e\n/* f */ DELETE FROM t; -- '",
+    "SELECT '/* a' /* b */ [x */ DELETE FROM t; -- ]",
+    "SELECT `a` /* b /* c */ ' */ DELETE FROM t; -- '",
+    "SELECT $$ /* $$; /*! DELETE FROM t */",
+    "SELECT 1 --x\n, E'\\'' /* a */ /* b */",
+]
+
+
+@pytest.mark.parametrize("sql", SHORTCUTS, ids=[s[:48] for s in SHORTCUTS])
+def test_skipping_readings_changes_nothing(sql: str) -> None:
+    """Readings are skipped only where they would see what an earlier one saw."""
+    chosen = _readings_for(sql)
+    assert _classify(sql, chosen) == _classify(sql, _READINGS)
+    assert {_strip(sql, r) for r in chosen} == {_strip(sql, r) for r in _READINGS}
 
 
 def test_same_text_gives_same_answer_from_the_cache() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pytest_safe_cleanup import target
@@ -169,6 +171,38 @@ HOST_CASES = [
         "remote",
         "not local",
     ),
+    # Only SQLite, PostgreSQL and MySQL/MariaDB have a known local default without a host:
+    # elsewhere the driver connects wherever its query string, DSN or configuration says.
+    (
+        "mssql-odbc_connect-no-host-remote",
+        "mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BODBC+Driver+18%7D%3BSERVER%3Dprod%3BDATABASE%3Dapp",
+        {},
+        "remote",
+        "no host in the URL",
+    ),
+    (
+        "oracle-dsn-no-host-remote",
+        "oracle+oracledb://u:p@/?dsn=prod.example.com/orcl",
+        {},
+        "remote",
+        "no host in the URL",
+    ),
+    ("mssql-dsn-name-no-host-remote", "mssql+pyodbc://u:p@/app", {}, "remote", "mssql driver"),
+    (
+        "mssql-odbc_connect-beats-localhost",
+        "mssql+pyodbc://u@localhost/app?odbc_connect=SERVER%3Dprod",
+        {},
+        "remote",
+        "odbc_connect= in the query string",
+    ),
+    (
+        "oracle-dsn-beats-localhost",
+        "oracle+oracledb://u:p@localhost/?dsn=prod.example.com/orcl",
+        {},
+        "remote",
+        "dsn= in the query string",
+    ),
+    ("mssql-localhost", "mssql+pyodbc://u:p@localhost:1433/app", {}, "local", "loopback"),
 ]
 
 
@@ -197,6 +231,7 @@ MASK_CASES = [
     ("query-PASSWORD-upper", f"postgresql://app@db.example.com/orders?PASSWORD={SECRET}"),
     ("both", f"postgresql://app:{SECRET}@db.example.com/orders?password={SECRET}&sslmode=require"),
     ("mysql-userinfo", f"mysql+pymysql://app:{SECRET}@localhost/orders"),
+    ("query-sslpassword", f"postgresql://app@db.example.com/orders?sslpassword={SECRET}"),
 ]
 
 
@@ -249,8 +284,85 @@ NAME_CASES = [
 @pytest.mark.parametrize(
     ("url", "name"), [c[1:] for c in NAME_CASES], ids=[c[0] for c in NAME_CASES]
 )
-def test_database_name(url: str, name: str) -> None:
+def test_database_name(url: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGDATABASE", raising=False)
     assert target.from_url(url).name == name
+
+
+PG_DEFAULT_NAME_CASES = [
+    # libpq's default database: PGDATABASE, else the user (URL, else PGUSER, else OS user)
+    ("PGDATABASE-beats-url-user", "postgresql://alice@localhost", {"PGDATABASE": "shop"}, "shop"),
+    (
+        "PGDATABASE-beats-PGUSER",
+        "postgresql://localhost",
+        {"PGDATABASE": "shop", "PGUSER": "bob"},
+        "shop",
+    ),
+    ("url-user", "postgresql://alice@localhost", {"PGUSER": "bob"}, "alice"),
+    ("PGUSER", "postgresql://localhost", {"PGUSER": "bob"}, "bob"),
+    ("url-database-beats-all", "postgresql://alice@localhost/app", {"PGDATABASE": "x"}, "app"),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "name"),
+    [c[1:] for c in PG_DEFAULT_NAME_CASES],
+    ids=[c[0] for c in PG_DEFAULT_NAME_CASES],
+)
+def test_postgres_default_database_follows_libpq(
+    url: str, environ: dict[str, str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process environment must not leak in: only the environ given counts.
+    monkeypatch.setenv("PGDATABASE", "from_process")
+    monkeypatch.setenv("PGUSER", "from_process")
+    assert target.from_url(url, (), environ).name == name
+
+
+def test_postgres_default_database_falls_back_to_the_os_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pwd = pytest.importorskip("pwd")
+    monkeypatch.setenv("PGDATABASE", "from_process")
+    monkeypatch.setenv("PGUSER", "from_process")
+    name = target.from_url("postgresql://localhost", (), {}).name
+    assert name == pwd.getpwuid(os.geteuid()).pw_name
+
+
+def test_postgres_default_database_is_where_libpq_connects(pg_server_url: str) -> None:
+    """The name a person confirms is the database a URL without one really reaches."""
+    from sqlalchemy import create_engine, make_url, text
+
+    server = make_url(pg_server_url)
+    if server.get_backend_name() != "postgresql" or not server.username:
+        pytest.skip("needs a PostgreSQL URL with a user name")
+    bare = server.set(database=None)
+    environ = {"PGDATABASE": "template1"}  # not the user's name, which libpq would try next
+    engine = create_engine(bare)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PGDATABASE", environ["PGDATABASE"])
+            with engine.connect() as conn:
+                reached = conn.execute(text("SELECT current_database()")).scalar()
+    finally:
+        engine.dispose()
+    assert target.from_url(bare, (), environ).name == reached
+
+
+def test_first_line_is_the_first_non_blank_line_stripped() -> None:
+    class Wrapped(Exception):
+        orig = ValueError("\n  driver says no  \n\tdetail\n")
+
+    assert target.first_line(Wrapped("ignored")) == "driver says no"
+    assert target.first_line(RuntimeError("  one\ntwo")) == "one"
+    assert target.first_line(RuntimeError("  \n ")) == "RuntimeError"
+
+
+def test_secret_query_keys_include_sslpassword() -> None:
+    assert "sslpassword" in target.SECRET_QUERY_KEYS
+    assert "sslpassword" not in target.PASSWORD_QUERY_KEYS
+    assert target.carries_secret(target.parse_url("postgresql://u@h/db?SSLPassword=x"))
+    assert target.carries_secret(target.parse_url("postgresql://u:p@h/db"))
+    assert not target.carries_secret(target.parse_url("postgresql://u@h/db?sslmode=require"))
 
 
 def test_libpq_really_connects_to_hostaddr(pg_server_url: str) -> None:

@@ -229,6 +229,13 @@ def test_unguarded_deletes(pytester: pytest.Pytester, pg_url: str, unguarded: st
             "FAILED test_u.py::test_own_engine - *UnguardedStatement*DELETE FROM t WHERE id = 2*",
         ])
         assert "test_plugin_cleanup FAILED" not in out
+        # the short summary names every failed test: the plugin's own cleanup is not one
+        result.stdout.fnmatch_lines([
+            "FAILED test_u.py::test_plugin_engine - *",
+            "FAILED test_u.py::test_plugin_engine_with_fixture - *",
+        ])
+        result.stdout.no_fnmatch_line("FAILED test_u.py::test_plugin_cleanup*")
+        result.stdout.no_fnmatch_line("ERROR test_u.py::test_plugin_cleanup*")
         # nothing was sent: only the registered cleanup deleted (id 3)
         assert remaining() == [1, 2]
         assert count_rows(pg_url, "scratch") == 2

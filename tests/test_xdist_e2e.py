@@ -9,13 +9,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import copy_examples, count_rows
+from conftest import DEMO_SEED, copy_examples, count_rows, demo_rows, seed_demo
 from sqlalchemy import create_engine, text
 
 EXAMPLE_TABLES = ("assets", "users", "client_accounts")
 
 
 def test_xdist_apply_on_the_examples(pytester: pytest.Pytester, pg_url: str) -> None:
+    # Rows no example test registers: a cleanup wider than the registrations takes them too.
+    seed_demo(pg_url)
+    seeded = demo_rows(pg_url)
+    assert {t: len(rows) for t, rows in seeded.items()} == DEMO_SEED
     copy_examples(pytester)
     result = pytester.runpytest_subprocess(
         "-n",
@@ -30,7 +34,8 @@ def test_xdist_apply_on_the_examples(pytester: pytest.Pytester, pg_url: str) -> 
     )
     result.assert_outcomes(passed=6)
     for table in EXAMPLE_TABLES:
-        assert count_rows(pg_url, table) == 0, f"{table} kept example rows"
+        assert count_rows(pg_url, table) == DEMO_SEED[table], f"{table} kept example rows"
+    assert demo_rows(pg_url) == seeded, "only the registered rows go; the seeded ones stay"
 
     report = json.loads((pytester.path / "report.json").read_text())
     runs = [p for p in (pytester.path / ".safe-cleanup" / "backups").iterdir() if p.is_dir()]

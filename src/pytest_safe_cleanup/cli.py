@@ -23,14 +23,14 @@ from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from .backup import BackupError, list_runs, read_backup, restore_backup
+from .backup import Backup, BackupError, list_runs, read_backup, restore_backup
 from .guard import Level, Verdict, evaluate, read_environment
 from .settings import INI_HELP, LIST_INI, Settings, SettingsError, resolve
 from .stamp import SETTING, STAMP_TABLE, StampError, read_stamp, validate, write_stamp
-from .target import Target, TargetError, from_url, mask_text, mask_url, parse_url
+from .target import Target, TargetError, first_line, from_url, mask_text, mask_url, parse_url
 
 PROG = "safe-cleanup"
 EXIT_ERROR = 3
@@ -148,7 +148,7 @@ def read_config_section(path: Path) -> dict[str, Any] | None:
         else:
             raise CliError(f"cannot read {path} as a pytest config: use a .ini, .cfg or .toml file")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, configparser.Error) as exc:
-        raise CliError(f"cannot read {path}: {_first_line(str(exc))}") from None
+        raise CliError(f"cannot read {path}: {first_line(exc)}") from None
     if section is None and name in _ALWAYS_PYTEST:
         return {}
     return section
@@ -235,11 +235,6 @@ def verdict_for(
 # --------------------------------------------------------------------------- database
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "no details"
-
-
 def _scrub(text: str, url: URL) -> str:
     """Hide the URL's password wherever a driver message might repeat it."""
     text = mask_text(text)
@@ -300,14 +295,19 @@ def _engine(url: URL) -> Engine:
 
 
 def _db_message(exc: SQLAlchemyError, url: URL) -> str:
-    detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    return _scrub(_first_line(str(detail)), url)
+    return _scrub(first_line(exc), url)
 
 
-def with_connection(url: URL, work: Callable[[Connection], _T]) -> _T:
-    """Run ``work`` on a fresh connection, turning database errors into one-line errors."""
+def with_connection(url: URL, work: Callable[[Connection], _T], engine: Engine | None = None) -> _T:
+    """Run ``work`` on a fresh connection, turning database errors into one-line errors.
+
+    Without ``engine`` one is made for ``url`` and disposed of afterwards; a given engine
+    is the caller's to dispose of.
+    """
     masked = mask_url(url)
-    engine = _engine(url)
+    own = engine is None
+    if engine is None:
+        engine = _engine(url)
     try:
         try:
             conn = engine.connect()
@@ -319,7 +319,8 @@ def with_connection(url: URL, work: Callable[[Connection], _T]) -> _T:
             except SQLAlchemyError as exc:
                 raise CliError(f"database error on {masked}: {_db_message(exc, url)}") from None
     finally:
-        engine.dispose()
+        if own:
+            engine.dispose()
 
 
 def reset_hint(target: Target) -> str:
@@ -415,7 +416,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     url = _parse(_restore_url(args, backup.restore_url, backup.url))
     _, settings = _settings(args)
-    stamp = with_connection(url, read_stamp)
+    engine = _engine(url)  # one engine for the stamp and the restore
+    try:
+        return _restore(args, backup, url, settings, engine)
+    finally:
+        engine.dispose()
+
+
+def _restore(
+    args: argparse.Namespace, backup: Backup, url: URL, settings: Settings, engine: Engine
+) -> int:
+    stamp = with_connection(url, read_stamp, engine)
     target, verdict = verdict_for(url, settings, os.environ, stamp)
     if verdict.level is Level.BLOCK:
         print(
@@ -424,15 +435,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CODES[Level.BLOCK]
-    if verdict.level is Level.CONFIRM and args.confirm != target.name:
+    if verdict.level is Level.CONFIRM and not (target.name and args.confirm == target.name):
         given = f" (--confirm {args.confirm!r} names another database)" if args.confirm else ""
+        # An empty name must not be confirmable by an empty --confirm.
+        how = (
+            f"add --confirm {target.name}"
+            if target.name
+            else "give a --url that names the database, then --confirm with that name"
+        )
         print(
             f"{PROG}: restore into {target.masked_url} needs confirmation "
-            f"({verdict.explain()}){given}: add --confirm {target.name}",
+            f"({verdict.explain()}){given}: {how}",
             file=sys.stderr,
         )
         return EXIT_CODES[Level.CONFIRM]
-    engine = _engine(url)
     try:
         result = restore_backup(
             backup, engine, dry_run=args.dry_run, skip_existing=args.skip_existing
@@ -444,8 +460,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
             f"restore into {target.masked_url} failed and was rolled back, nothing was "
             f"restored: {_db_message(exc, url)}"
         ) from None
-    finally:
-        engine.dispose()
     verb = "would restore" if result.dry_run else "restored"
     print(f"{'dry run: ' if result.dry_run else ''}{args.path} -> {target.masked_url}")
     width = max((len(name) for name in result.restored), default=5)
@@ -464,7 +478,14 @@ def _backup_dir(args: argparse.Namespace) -> Path:
     if args.dir is not None:
         return Path(args.dir)
     config, settings = _settings(args)
-    base = config.path.parent if config.path is not None else Path.cwd()
+    # pytest's rootdir: --rootdir when given, else the config file's folder, else the cwd.
+    rootdir: Path | None = getattr(args, "rootdir", None)
+    if rootdir is not None:
+        base = rootdir
+    elif config.path is not None:
+        base = config.path.parent
+    else:
+        base = Path.cwd()
     if settings.backup_dir is not None:
         return base / settings.backup_dir
     return base / ".safe-cleanup" / "backups"
@@ -608,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted")
     except Exception as exc:  # the contract is one line, never a traceback
-        return _fail(f"unexpected {type(exc).__name__}: {mask_text(_first_line(str(exc)))}")
+        return _fail(f"unexpected {type(exc).__name__}: {mask_text(first_line(exc))}")
 
 
 if __name__ == "__main__":

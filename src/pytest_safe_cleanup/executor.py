@@ -17,7 +17,6 @@ from sqlalchemy import (
     Table,
     delete,
     func,
-    literal,
     literal_column,
     select,
     text,
@@ -53,7 +52,10 @@ class TableCount:
 
 
 def count_statement(plan: Plan) -> Select[Any]:
-    """One SELECT of scalar sub-counts: every table counted in one round-trip."""
+    """One SELECT of scalar sub-counts: every table counted in one round-trip.
+
+    The plan has at least one step (``count`` returns early for an empty one).
+    """
     subqueries = [
         select(func.count())
         .select_from(step.selectable)
@@ -62,12 +64,12 @@ def count_statement(plan: Plan) -> Select[Any]:
         .label(f"c{i}")
         for i, step in enumerate(plan.steps)
     ]
-    return select(*subqueries) if subqueries else select(literal(0))
+    return select(*subqueries)
 
 
-def delete_statements(plan: Plan) -> list[tuple[str, Delete]]:
-    """DELETE statements in plan order (children first)."""
-    return [(step.name, delete(step.selectable).where(step.condition)) for step in plan.steps]
+def delete_statement(step: Step) -> Delete:
+    """The DELETE of one step's rows."""
+    return delete(step.selectable).where(step.condition)
 
 
 def _require(verdict: Verdict) -> None:
@@ -120,16 +122,14 @@ def _as_server_text(cursor: Any) -> None:
         cursor.adapters.register_loader(oid, TextLoader)
 
 
-def _delete_returning(
-    conn: Connection, step: Step, name: str, statement: Delete, counted: int
-) -> CapturedTable:
+def _delete_returning(conn: Connection, step: Step, counted: int) -> CapturedTable:
     """Delete one step's rows and take them back as the backup's rows.
 
     On PostgreSQL through psycopg the rows come back as the server's text for each
     value, which restore hands back to ``COPY FROM``: exact for every type. Elsewhere
     the driver's values go through the codec.
     """
-    result: CursorResult[Any] = conn.execute(statement.returning(literal_column("*")))
+    result: CursorResult[Any] = conn.execute(delete_statement(step).returning(literal_column("*")))
     try:
         dialect = conn.dialect
         if dialect.name == "postgresql" and dialect.driver == "psycopg" and not dialect.is_async:
@@ -143,8 +143,8 @@ def _delete_returning(
     finally:
         result.close()
     if len(rows) != counted:
-        raise _mismatch(name, counted, len(rows))
-    return name, step.table, columns, rows, encoding
+        raise _mismatch(step.name, counted, len(rows))
+    return step.name, step.table, columns, rows, encoding
 
 
 def _mismatch(name: str, counted: int, deleted: int) -> CountMismatch:
@@ -195,26 +195,23 @@ def apply(
         if total == 0:
             return [TableCount(c.table, 0, 0) for c in counts], None
         done: list[TableCount] = []
-        statements = delete_statements(plan)
         if capture is not None and conn.dialect.delete_returning:
             pending = capture(conn, plan)
             try:
-                for step, (name, statement), counted in zip(
-                    plan.steps, statements, counts, strict=True
-                ):
-                    pending.add(_delete_returning(conn, step, name, statement, counted.counted))
-                    done.append(TableCount(name, counted.counted, counted.counted))
+                for step, counted in zip(plan.steps, counts, strict=True):
+                    pending.add(_delete_returning(conn, step, counted.counted))
+                    done.append(TableCount(step.name, counted.counted, counted.counted))
                 location = pending.finish(counts)
             except BaseException:
                 pending.abort()
                 raise
             return done, location
         location = backup(conn, plan, counts) if backup is not None else None
-        for (name, statement), counted in zip(statements, counts, strict=True):
-            deleted = conn.execute(statement).rowcount
+        for step, counted in zip(plan.steps, counts, strict=True):
+            deleted = conn.execute(delete_statement(step)).rowcount
             if deleted != counted.counted:
-                raise _mismatch(name, counted.counted, deleted)
-            done.append(TableCount(name, counted.counted, deleted))
+                raise _mismatch(step.name, counted.counted, deleted)
+            done.append(TableCount(step.name, counted.counted, deleted))
     return done, location
 
 

@@ -100,7 +100,8 @@ class IntentBook:
         if interactive and prompt is not None:
             if target.key not in self.answers:
                 answer = prompt(prompt_text(target, verdict))
-                self.answers[target.key] = answer.strip() == target.name
+                # An empty name must not let a bare Enter confirm.
+                self.answers[target.key] = bool(target.name) and answer.strip() == target.name
             if self.answers[target.key]:
                 return Decision(True, "deleted", f"confirmed at the prompt for {target.name!r}")
             return Decision(

@@ -576,6 +576,10 @@ class SafeCleanup(_Registrar):
 
     def on(self, engine: Engine) -> SafeCleanup:
         """The same API for another database; its cleanup runs as its own plan."""
+        if is_async_engine(engine):
+            raise RegistrationError(
+                "safe_cleanup.on() takes an Engine; use async_safe_cleanup.on() for an AsyncEngine"
+            )
         if self._book.on_engine is not None:
             self._book.on_engine(engine)
         return SafeCleanup(engine, book=self._book, tag=self._tag, context=self._context)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import intent
-from .guard import environment_refusal, read_environment
+from .guard import Level, environment_refusal, read_environment
 from .report import Report
 from .settings import BACKUPS, INI_HELP, LIST_INI, MODES, Settings, SettingsError, resolve
 
@@ -362,7 +362,7 @@ def _check_start_target(state: State, url: str) -> None:
         raise pytest.UsageError(f"safe-cleanup: {where}: {exc}") from None
     state.default_target = target
     verdict = state.guardian.static_verdict(target)
-    if verdict.level.name == "BLOCK":
+    if verdict.level is Level.BLOCK:
         raise pytest.UsageError(
             f"safe-cleanup: refusing {target.masked_url} ({where}): BLOCK: {verdict.explain()}"
         )
@@ -642,19 +642,25 @@ def _make_cleanup(
     return SafeCleanup(engine, book=book, tag=state.next_tag(), context=context)
 
 
+def _cleanup_fixture(request: pytest.FixtureRequest, engine: Engine) -> Iterator[SafeCleanup]:
+    """The body of safe_cleanup and safe_cleanup_session: guard, hand out, clean."""
+    __tracebackhide__ = True
+    from .plan import RegistrationBook
+
+    state = _state(request.config)
+    _guard_engine(state, engine)
+    book = RegistrationBook(state.resolvers, state.guardian.watch)
+    node = request.node if isinstance(request.node, pytest.Item) else None
+    yield _make_cleanup(state, engine, book, node)
+    _finish(state, book, node)
+
+
 @pytest.fixture
 def safe_cleanup(
     request: pytest.FixtureRequest, safe_cleanup_engine: Engine
 ) -> Iterator[SafeCleanup]:
     """Register this test's data for cleanup; it runs through the five layers at teardown."""
-    from .plan import RegistrationBook
-
-    state = _state(request.config)
-    _guard_engine(state, safe_cleanup_engine)
-    book = RegistrationBook(state.resolvers, state.guardian.watch)
-    node = request.node if isinstance(request.node, pytest.Item) else None
-    yield _make_cleanup(state, safe_cleanup_engine, book, node)
-    _finish(state, book, node)
+    yield from _cleanup_fixture(request, safe_cleanup_engine)
 
 
 @pytest.fixture(scope="session")
@@ -662,13 +668,7 @@ def safe_cleanup_session(
     request: pytest.FixtureRequest, safe_cleanup_engine: Engine
 ) -> Iterator[SafeCleanup]:
     """The same API at session scope: the cleanup runs at session end."""
-    from .plan import RegistrationBook
-
-    state = _state(request.config)
-    _guard_engine(state, safe_cleanup_engine)
-    book = RegistrationBook(state.resolvers, state.guardian.watch)
-    yield _make_cleanup(state, safe_cleanup_engine, book, None)
-    _finish(state, book, None)
+    yield from _cleanup_fixture(request, safe_cleanup_engine)
 
 
 @pytest.fixture
@@ -703,6 +703,7 @@ def _guard_async_engine(state: State, engine: Any) -> None:
     __tracebackhide__ = True
     from .plan import is_async_engine
     from .runner import Blocked
+    from .target import target_key
 
     if not is_async_engine(engine):
         pytest.fail(
@@ -710,10 +711,9 @@ def _guard_async_engine(state: State, engine: Any) -> None:
             pytrace=False,
         )
     state.guardian.watch(engine.sync_engine)
-    key = state.guardian.target(engine.url).key
-    verdict = state.guardian.verdicts.get(key)
-    if verdict is not None and verdict[1].level.name == "BLOCK":
-        pytest.fail(str(Blocked(*verdict)), pytrace=False)
+    known = state.guardian.verdicts.get(target_key(engine.url))
+    if known is not None and known[1].level is Level.BLOCK:
+        pytest.fail(str(Blocked(*known)), pytrace=False)
 
 
 @pytest.hookimpl(trylast=True)

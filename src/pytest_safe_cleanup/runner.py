@@ -150,14 +150,7 @@ class Guardian:
 
     def check_connection(self, conn: Connection) -> tuple[Target, Verdict]:
         """The verdict of an open connection's target (computed when it connected)."""
-        key = target_key(conn.engine.url)
-        found = self.verdicts.get(key)
-        target, verdict = found if found is not None else self.verdict_for(conn)
-        if self.on_use is not None:
-            self.on_use(target)
-        if verdict.level is Level.BLOCK:
-            raise Blocked(target, verdict)
-        return target, verdict
+        return self._used(*self.verdict_for(conn))
 
     def check(self, engine: Engine) -> tuple[Target, Verdict]:
         """Connect once (the watch computes the verdict) and return it; BLOCK raises."""
@@ -166,7 +159,10 @@ class Guardian:
             with engine.connect() as conn:
                 if not self._installed:
                     self._on_connect(conn)
-        target, verdict = self.verdicts[key]
+        return self._used(*self.verdicts[key])
+
+    def _used(self, target: Target, verdict: Verdict) -> tuple[Target, Verdict]:
+        """A target about to be used: the report hears of it; BLOCK raises."""
         if self.on_use is not None:
             self.on_use(target)
         if verdict.level is Level.BLOCK:
@@ -305,10 +301,17 @@ class Conductor:
         mode = effective_mode(self.settings.mode, ctx.mode)
         if mode == "off":
             return []
+        sync = [(engine, regs) for engine, regs in entries if isinstance(engine, Engine)]
+        if len(sync) < len(entries):
+            # Checked before any engine is cleaned: no database loses rows for a
+            # teardown that cannot finish.
+            wrong = RegistrationError(
+                "an AsyncEngine's cleanup reached safe_cleanup: use async_safe_cleanup; "
+                "nothing was deleted on any database of this test"
+            )
+            return self._record([o for e, _ in entries for o in self._failure(wrong, e, ctx)])
         outcomes: list[Outcome] = []
-        for engine, registrations in entries:
-            if not isinstance(engine, Engine):
-                raise TypeError("async engines are cleaned by finish_async")
+        for engine, registrations in sync:
             outcomes += self._on_engine(engine, registrations, ctx, mode)
         return self._record(outcomes)
 
@@ -422,7 +425,7 @@ class Conductor:
             return outcomes(counted(), decision.status, decision.reason)
 
         strategy = ctx.backup or self.settings.backup
-        self._prepare_backup(strategy, conn, target)
+        self._check_backup(strategy, conn)
         max_rows = ctx.max_rows if ctx.max_rows is not None else self.settings.max_rows
         before: executor.BackupHook | None = None
         capture: executor.CaptureHook | None = None
@@ -435,11 +438,15 @@ class Conductor:
             def capture(c: Connection, p: Plan) -> executor.Capture:
                 return store.begin(c.dialect.name, p, nodeid=ctx.nodeid, target=target)
 
+        elif strategy == "pg_dump" and self.store is not None:
+            folder = self.store
+
+            def before(c: Connection, p: Plan, counts: list[executor.TableCount]) -> str | None:
+                return self._dump_once(c, target, folder)
+
         done, location = executor.apply(
             conn, plan, verdict=verdict, max_rows=max_rows, backup=before, capture=capture
         )
-        if strategy == "pg_dump":
-            location = self._dumps.get(target.key)
         try:
             self._audit(ctx, target, verdict, done, location, strategy)
         except BackupError as exc:
@@ -466,8 +473,8 @@ class Conductor:
             if hint not in self.report.hints:
                 self.report.hints.append(hint)
 
-    def _prepare_backup(self, strategy: str, conn: Connection, target: Target) -> None:
-        """Check the strategy can run; make the session's pg_dump before the first delete."""
+    def _check_backup(self, strategy: str, conn: Connection) -> None:
+        """Refuse a strategy that cannot run here, before anything is counted or deleted."""
         if strategy == "none":
             warning = "safe_cleanup_backup = none: deletions had no backup"
             if warning not in self.report.warnings:
@@ -475,16 +482,20 @@ class Conductor:
             return
         if self.store is None:
             raise executor.ExecutionError("no backup folder is configured: nothing was deleted")
-        if strategy == "pg_dump" and target.key not in self._dumps:
-            if conn.dialect.name != "postgresql":
-                raise executor.ExecutionError(
-                    f"safe_cleanup_backup = pg_dump needs PostgreSQL, not {conn.dialect.name}: "
-                    "nothing was deleted; use rows"
-                )
-            # Whole-database dump once per session and target, before its first delete.
-            self._dumps[target.key] = str(
-                dump_database(conn.engine.url, self.store.ensure_folder())
+        if strategy == "pg_dump" and conn.dialect.name != "postgresql":
+            raise executor.ExecutionError(
+                f"safe_cleanup_backup = pg_dump needs PostgreSQL, not {conn.dialect.name}: "
+                "nothing was deleted; use rows"
             )
+
+    def _dump_once(self, conn: Connection, target: Target, store: BackupStore) -> str:
+        """The session's whole-database dump of this target, made before its first delete.
+
+        Called by the executor after the count and the limit, only when rows will go.
+        """
+        if target.key not in self._dumps:
+            self._dumps[target.key] = str(dump_database(conn.engine.url, store.ensure_folder()))
+        return self._dumps[target.key]
 
     def _audit(
         self,

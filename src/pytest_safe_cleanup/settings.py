@@ -37,7 +37,8 @@ _SPEC: dict[str, tuple[str | None, str | None, str | None, Any]] = {
     "unguarded": (None, None, "safe_cleanup_unguarded", "warn"),
     "watch": (None, None, "safe_cleanup_watch", "plugin"),
     "postgres": (None, None, "safe_cleanup_postgres", "auto"),
-    "postgres_image": (None, None, "safe_cleanup_postgres_image", "postgres:16-alpine"),
+    # None: the provider decides (SAFE_CLEANUP_POSTGRES_IMAGE, else providers.DEFAULT_IMAGE)
+    "postgres_image": (None, None, "safe_cleanup_postgres_image", None),
     "report": ("safe_cleanup_report", None, None, None),
     "run_id": (None, "SAFE_CLEANUP_RUN_ID", None, None),
 }
@@ -58,7 +59,8 @@ INI_HELP: dict[str, str] = {
     "safe_cleanup_unguarded": "warn (default), error or ignore deletes that bypass the plugin",
     "safe_cleanup_watch": "plugin (default) or all: which engines are watched",
     "safe_cleanup_postgres": "disposable_postgres provider: auto, docker, local or a server URL",
-    "safe_cleanup_postgres_image": "image of the docker provider",
+    "safe_cleanup_postgres_image": "image of the docker provider (default "
+    "SAFE_CLEANUP_POSTGRES_IMAGE, else postgres:16-alpine)",
 }
 LIST_INI = {
     "safe_cleanup_env_vars",
@@ -90,7 +92,7 @@ class Settings:
     unguarded: str = "warn"
     watch: str = "plugin"
     postgres: str = "auto"
-    postgres_image: str = "postgres:16-alpine"
+    postgres_image: str | None = None
     report: Path | None = None
     run_id: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -125,6 +127,12 @@ def _path(value: Any, where: str) -> Path | None:
     if not str(value).strip():
         raise SettingsError(f"{where}: give a path, not an empty value")
     return Path(str(value).strip())
+
+
+def _optional(value: Any) -> str | None:
+    """A stripped string, or None where nothing (or only blanks) was given."""
+    text = str(value).strip() if value is not None else ""
+    return text or None
 
 
 def _words(value: Any) -> tuple[str, ...]:
@@ -197,7 +205,7 @@ def resolve(
         unguarded=_choice("unguarded", raw["unguarded"], UNGUARDED, where("unguarded")),
         watch=_choice("watch", raw["watch"], WATCHES, where("watch")),
         postgres=postgres,
-        postgres_image=str(raw["postgres_image"]).strip(),
+        postgres_image=_optional(raw["postgres_image"]),
         report=_path(raw["report"], where("report")),
         run_id=str(raw["run_id"]).strip() if raw["run_id"] is not None else None,
         sources=MappingProxyType(sources),

@@ -1,4 +1,4 @@
-"""A database target from a URL or an engine: dialect, host class, name, masked URL.
+"""A database target from a URL (an engine's included): dialect, host class, name, masked URL.
 
 The host class is decided here, once, so that the guard never parses URLs itself.
 """
@@ -6,13 +6,14 @@ The host class is decided here, once, so that the guard never parses URLs itself
 from __future__ import annotations
 
 import fnmatch
+import getpass
 import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 QUERY_ORIGIN = " (from the query string)"
@@ -21,8 +22,9 @@ LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 def first_line(exc: BaseException) -> str:
     """A driver error's first line, without SQLAlchemy's background link."""
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    text = str(getattr(exc, "orig", None) or exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 class TargetError(ValueError):
@@ -85,12 +87,20 @@ def mask_text(text: str) -> str:
     return f"{scheme}://{creds}@{tail}"
 
 
-_SECRET_KEYS = ("password", "passwd", "pwd")
+PASSWORD_QUERY_KEYS = frozenset({"password", "passwd", "pwd"})
+"""Query keys (compared lower-cased) that carry the login password."""
+SECRET_QUERY_KEYS = PASSWORD_QUERY_KEYS | {"sslpassword"}
+"""Query keys (compared lower-cased) whose values are secrets: masked wherever a URL is shown."""
 
 
 def _without_secrets(url: URL) -> URL:
-    secret = {k: "***" for k in url.query if k.lower() in _SECRET_KEYS}
+    secret = {k: "***" for k in url.query if k.lower() in SECRET_QUERY_KEYS}
     return url.update_query_dict(secret) if secret else url
+
+
+def carries_secret(url: URL) -> bool:
+    """True when the URL holds a password, in its user info or a secret query key."""
+    return url.password is not None or any(k.lower() in SECRET_QUERY_KEYS for k in url.query)
 
 
 def mask_url(url: URL) -> str:
@@ -123,6 +133,10 @@ def _classify_host(host: str, allowed_hosts: tuple[str, ...], origin: str) -> tu
         if fnmatch.fnmatchcase(host.lower(), pattern.lower()):
             return "local", f"host {host} matches safe_cleanup_allowed_hosts {pattern!r}"
     return "remote", f"host {host}{origin} is not local"
+
+
+# Query keys with which a driver connects wherever they say, whatever the URL's host.
+_CONNECTION_QUERY_KEYS = frozenset({"odbc_connect", "dsn"})
 
 
 def _query_value(query: Mapping[str, str | tuple[str, ...]], key: str) -> str | None:
@@ -179,19 +193,42 @@ def classify(
             return _classify_host(query_host, allowed_hosts, QUERY_ORIGIN)
         return "local", f"unix socket {socket}" if socket else "default unix socket"
     if not url.host:
-        return "local", "no host (local connection)"
+        # Only the backends above have a known local default; elsewhere the server comes
+        # from the query string, a DSN or the driver's own configuration.
+        return "remote", f"no host in the URL: the {backend} driver decides where it connects"
+    carrier = next((k for k in url.query if k.lower() in _CONNECTION_QUERY_KEYS), None)
+    if carrier is not None:
+        return "remote", f"the server is given by {carrier}= in the query string"
     return _classify_host(url.host, allowed_hosts, "")
 
 
-def database_name(url: URL) -> str:
-    """The name a person types to confirm: the database, or a SQLite file's name."""
+def _os_user() -> str:
+    """The operating-system user libpq falls back to (the effective user's name)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, OSError):
+        try:
+            return getpass.getuser()
+        except (ImportError, KeyError, OSError):
+            return ""
+
+
+def database_name(url: URL, environ: Mapping[str, str] | None = None) -> str:
+    """The name a person types to confirm: the database, or a SQLite file's name.
+
+    A PostgreSQL URL without a database connects where libpq (and asyncpg) would:
+    PGDATABASE, else the user name (the URL's, else PGUSER, else the OS user).
+    """
+    environ = os.environ if environ is None else environ
     db = url.database or ""
     if url.get_backend_name() == "sqlite":
         if db in ("", ":memory:") or db.startswith("file::memory:"):
             return "memory"
         return PurePath(db.split("?", 1)[0].removeprefix("file:")).name
     if not db and url.get_backend_name() == "postgresql":
-        return url.username or os.environ.get("PGDATABASE", "") or "postgres"
+        return environ.get("PGDATABASE") or url.username or environ.get("PGUSER") or _os_user()
     return db
 
 
@@ -215,14 +252,9 @@ def from_url(
         host=parsed.host,
         port=parsed.port,
         database=parsed.database or "",
-        name=database_name(parsed),
+        name=database_name(parsed, environ),
         masked_url=mask_url(parsed),
         key=target_key(parsed),
         host_class=host_class,
         host_reason=reason,
     )
-
-
-def from_engine(engine: Engine, allowed_hosts: tuple[str, ...] = ()) -> Target:
-    """Build a Target from an engine's URL."""
-    return from_url(engine.url, allowed_hosts)

@@ -25,7 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from ..executor import SERVER_TEXT
+from ..target import carries_secret
 from .codec import CodecError, decode
 
 FORMAT = "pytest-safe-cleanup rows"
@@ -76,9 +80,19 @@ class Backup:
 
     @property
     def restore_url(self) -> str | None:
-        """A URL to restore into without asking, or None where the source needed a password."""
+        """A URL to restore into without asking, or None where the source needed a password.
+
+        A recorded URL that carries a (masked) password or secret query value, as older
+        versions could write, is not reused either: restore then asks for ``--url``.
+        """
         value = self.header.get("restore_url")
-        return str(value) if value else None
+        if not value:
+            return None
+        try:
+            secret = carries_secret(make_url(str(value)))
+        except (ArgumentError, ValueError):
+            secret = False  # restore reports the unusable URL in its own words
+        return None if secret else str(value)
 
 
 def dumps(value: Any) -> bytes:

@@ -17,11 +17,17 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from ..target import TargetError, mask_text, mask_url, parse_url
+from ..target import (
+    PASSWORD_QUERY_KEYS,
+    SECRET_QUERY_KEYS,
+    TargetError,
+    mask_text,
+    mask_url,
+    parse_url,
+)
 from .format import BackupError
-from .store import fsync_dir, safe_name
+from .store import fsync_path, safe_name
 
-_SECRET_QUERY = {"password", "passwd", "pwd", "sslpassword"}
 _MISMATCH = re.compile(r"server version:\s*([\w.]+);\s*pg_dump version:\s*([\w.]+)")
 
 
@@ -30,7 +36,12 @@ def _quote(value: str) -> str:
 
 
 def conninfo(url: URL) -> tuple[str, str | None]:
-    """A libpq connection string without any password, and the password apart."""
+    """A libpq connection string without any secret, and the login password apart.
+
+    Only the login password is returned (for ``PGPASSWORD``). Other secrets, such as
+    ``sslpassword`` (the client key's passphrase), have no environment variable in libpq
+    and are left out rather than put on a command line every user can read.
+    """
     parts: dict[str, str] = {}
     if url.host:
         parts["host"] = url.host
@@ -43,9 +54,9 @@ def conninfo(url: URL) -> tuple[str, str | None]:
     password = url.password
     for key, value in url.query.items():
         text = ",".join(value) if isinstance(value, tuple) else value
-        if key.lower() in _SECRET_QUERY:
+        if key.lower() in PASSWORD_QUERY_KEYS:
             password = password or text
-        else:
+        elif key.lower() not in SECRET_QUERY_KEYS:
             parts[key] = text
     return " ".join(f"{k}={_quote(v)}" for k, v in parts.items()), (
         str(password) if password else None
@@ -57,6 +68,18 @@ def _first_error(stderr: str, password: str | None) -> str:
     errors = [line for line in lines if "error" in line.lower()] or lines
     text = mask_text(errors[0] if errors else "no message")
     return text.replace(password, "***") if password else text
+
+
+def _left_out(url: URL) -> str:
+    """A hint for pg_dump's failure when the URL had secrets that pg_dump was not given."""
+    keys = [k for k in url.query if k.lower() in SECRET_QUERY_KEYS - PASSWORD_QUERY_KEYS]
+    if not keys:
+        return ""
+    return (
+        f" (the URL's {', '.join(keys)} was not passed to pg_dump: libpq takes it only in the "
+        "connection string, on the command line where every user could read it; use a client "
+        "key without a passphrase or safe_cleanup_backup = rows)"
+    )
 
 
 def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -100,7 +123,7 @@ def dump_database(url: str | URL, folder: Path) -> Path:
     except OSError as exc:
         raise BackupError(f"cannot create a dump file in {folder}: {exc.strerror or exc}") from None
     try:
-        _dump(pg_dump, pg_restore, info, env, path, masked, password)
+        _dump(pg_dump, pg_restore, info, env, path, masked, password, _left_out(parsed))
     except BaseException:
         with contextlib.suppress(OSError):
             path.unlink()
@@ -116,6 +139,7 @@ def _dump(
     path: Path,
     masked: str,
     password: str | None,
+    hint: str = "",
 ) -> None:
     done = _run([pg_dump, "-Fc", "--no-password", "-f", str(path), "-d", info], env)
     if done.returncode != 0:
@@ -129,17 +153,13 @@ def _dump(
             )
         raise BackupError(
             f"pg_dump of {masked} failed (exit {done.returncode}): "
-            f"{_first_error(done.stderr, password)}; nothing was deleted"
+            f"{_first_error(done.stderr, password)}; nothing was deleted{hint}"
         )
     try:
         size = path.stat().st_size
         if size:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            fsync_dir(path.parent)
+            fsync_path(path)
+            fsync_path(path.parent)
     except OSError as exc:
         raise BackupError(f"cannot read the dump {path}: {exc.strerror or exc}") from None
     if size == 0:

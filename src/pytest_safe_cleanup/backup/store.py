@@ -27,9 +27,9 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..executor import SERVER_TEXT, TableCount
+from ..executor import SERVER_TEXT, CapturedTable, TableCount
 from ..plan import Plan
-from ..target import Target
+from ..target import Target, carries_secret, first_line
 from .codec import CodecError, encode
 from .format import FORMAT, VERSION, BackupError, dumps, read_backup
 
@@ -59,8 +59,8 @@ def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a new file's directory entry durable, not just its content."""
+def fsync_path(path: Path) -> None:
+    """Flush a file's content, or a folder's entries (a new file's name), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -69,13 +69,15 @@ def fsync_dir(path: Path) -> None:
 
 
 def restore_url(target: Target) -> str | None:
-    """The URL restore may reuse: only one that needs no password.
+    """The URL restore may reuse: only one that carries no password or other secret.
 
+    The masked URL is all a Target keeps, so any password in it (in the user info or a
+    secret query key, whatever the masking turned it into) means restore needs ``--url``.
     A relative SQLite path is made absolute, since restore may run from elsewhere.
     """
-    if "***" in target.masked_url:  # a password (or a secret query value) was masked
-        return None
     url = make_url(target.masked_url)
+    if carries_secret(url):
+        return None
     database = url.database or ""
     relative = database not in ("", ":memory:") and not database.startswith("file:")
     if url.get_backend_name() == "sqlite" and relative and not os.path.isabs(database):
@@ -259,9 +261,8 @@ class BackupStore:
                     )
                     columns, rows = list(result.keys()), result.all()
                 except SQLAlchemyError as exc:
-                    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
                     raise BackupError(
-                        f"could not read the rows to back up: {detail[0] if detail else exc}; "
+                        f"could not read the rows to back up: {first_line(exc)}; "
                         "nothing was deleted"
                     ) from None
                 pending.add((step.name, step.table, columns, rows, "codec"))
@@ -426,11 +427,11 @@ class PendingBackup:
         except OSError as exc:
             raise BackupError(f"cannot create backup file {self.path}: {_why(exc)}") from None
 
-    def add(self, captured: tuple[str, Table, list[str], Any, str]) -> None:
+    def add(self, captured: CapturedTable) -> None:
         """Encode one table's rows (they must not be read from a live cursor)."""
         self._submit(self._encode, captured)
 
-    def _encode(self, captured: tuple[str, Table, list[str], Any, str]) -> None:
+    def _encode(self, captured: CapturedTable) -> None:
         name, table, columns, rows, encoding = captured
         lines, self._written[name] = _table_lines(name, table, columns, rows, encoding)
         self._append(lines)
@@ -480,7 +481,7 @@ class PendingBackup:
             raise BackupError(f"backup {self.path} read back differently from what was written")
         os.rename(self.partial, self.path)
         self._renamed = True
-        fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
 
     def abort(self) -> None:
         """Give up: wait for the writer, then remove the file."""

@@ -31,6 +31,7 @@ from pytest_safe_cleanup.providers import (
     ProviderUnavailable,
     one_line,
 )
+from pytest_safe_cleanup.target import first_line
 
 __all__ = [
     "DATABASE",
@@ -404,7 +405,7 @@ class DockerPostgres(Provider):
                     return str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    first = one_line(str(exc)).split(" | ")[0]
+                    first = first_line(exc)
                     raise ProviderUnavailable(
                         f"container from image {self.image} started but {url.host}:{url.port} "
                         f"refused connections for {_CONNECT_TIMEOUT:g} s: {first}"

@@ -33,6 +33,7 @@ from pytest_safe_cleanup.providers import (
     ProviderUnavailable,
     one_line,
 )
+from pytest_safe_cleanup.target import first_line
 
 __all__ = ["DATABASE", "SUPERUSER", "LocalCluster", "find_bindir"]
 
@@ -440,7 +441,7 @@ class LocalCluster(Provider):
             ) as conn:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
         except psycopg.Error as exc:
-            first = one_line(str(exc)).split(" | ")[0]
+            first = first_line(exc)
             tail = _tail(_read(log))
             raise ProviderUnavailable(
                 f"could not create database {DATABASE} on {HOST}:{port}: {first}"

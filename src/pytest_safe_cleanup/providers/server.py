@@ -14,10 +14,12 @@ import threading
 import warnings
 
 from sqlalchemy import URL, Engine, create_engine, make_url, text
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from pytest_safe_cleanup.providers import DisposableDatabase, Provider, ProviderUnavailable
+from pytest_safe_cleanup.target import first_line
+from pytest_safe_cleanup.target import mask_url as target_mask_url
 
 __all__ = ["NAME_PREFIX", "ServerDatabase", "is_server_url", "mask_url"]
 
@@ -40,18 +42,11 @@ def _parse(value: str) -> URL:
 
 
 def mask_url(value: str) -> str:
-    """Render a URL without its password, for messages and report headers."""
+    """Render a URL string without its password (userinfo or query string), for messages."""
     try:
-        return _parse(value).render_as_string(hide_password=True)
+        return target_mask_url(_parse(value))
     except (ArgumentError, ValueError):
         return "<unparsable URL>"
-
-
-def _first_line(exc: BaseException) -> str:
-    """First line of the driver's own message, which is the useful part."""
-    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
-    return lines[0] if lines else type(orig).__name__
 
 
 class ServerDatabase(Provider):
@@ -89,7 +84,7 @@ class ServerDatabase(Provider):
             raise ProviderUnavailable(f"not a PostgreSQL URL: {mask_url(self._given)}")
 
         admin = given.set(drivername="postgresql+psycopg")
-        masked = admin.render_as_string(hide_password=True)
+        masked = target_mask_url(admin)
         name = NAME_PREFIX + secrets.token_hex(6)
         with self._lock:
             if self._name is not None:
@@ -102,7 +97,7 @@ class ServerDatabase(Provider):
             except SQLAlchemyError as exc:
                 engine.dispose()
                 raise ProviderUnavailable(
-                    f"cannot create a database on {masked}: {_first_line(exc)}"
+                    f"cannot create a database on {masked}: {first_line(exc)}"
                 ) from exc
             self._engine, self._name = engine, name
             if not self._registered:
@@ -116,7 +111,7 @@ class ServerDatabase(Provider):
                 hide_password=False
             ),
             kind=self.kind,
-            detail=f"database {name} on server {url.render_as_string(hide_password=True)}",
+            detail=f"database {name} on server {target_mask_url(url)}",
         )
 
     def stop(self) -> None:
@@ -139,7 +134,7 @@ class ServerDatabase(Provider):
             with contextlib.suppress(Exception):  # -W error must not make stop raise
                 warnings.warn(
                     f"could not drop disposable database {name} on "
-                    f"{mask_url(self._given)}: {_first_line(exc)}",
+                    f"{mask_url(self._given)}: {first_line(exc)}",
                     RuntimeWarning,
                     stacklevel=2,
                 )
