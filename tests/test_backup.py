@@ -762,9 +762,8 @@ def wrapper(folder: Path, body: str) -> Path:
     return folder
 
 
-def test_pg_dump_password_goes_through_the_environment_never_argv(
-    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def logging_pg_dump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A pg_dump on PATH that logs its arguments and PGPASSWORD, then runs the real one."""
     real = shutil.which("pg_dump")
     log = tmp_path / "log"
     bindir = wrapper(
@@ -772,6 +771,13 @@ def test_pg_dump_password_goes_through_the_environment_never_argv(
         f'printf "%s\\n" "$@" > {log}; echo "PGPASSWORD=$PGPASSWORD" >> {log}; exec {real} "$@"',
     )
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_pg_dump_password_goes_through_the_environment_never_argv(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = logging_pg_dump(tmp_path, monkeypatch)
     with_password = pg_url.replace("postgres@", "postgres:s3cret-pw@")
     assert "s3cret-pw" in with_password
     path = dump_database(with_password, tmp_path / "dumps")
@@ -784,13 +790,7 @@ def test_pg_dump_password_goes_through_the_environment_never_argv(
 def test_pg_dump_sslpassword_is_neither_pgpassword_nor_argv(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = shutil.which("pg_dump")
-    log = tmp_path / "log"
-    bindir = wrapper(
-        tmp_path / "bin",
-        f'printf "%s\\n" "$@" > {log}; echo "PGPASSWORD=$PGPASSWORD" >> {log}; exec {real} "$@"',
-    )
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    log = logging_pg_dump(tmp_path, monkeypatch)
     monkeypatch.delenv("PGPASSWORD", raising=False)
     path = dump_database(pg_url + "?sslpassword=key-phrase", tmp_path / "dumps")
     recorded = log.read_text().splitlines()
