@@ -16,6 +16,11 @@ REMOTE = "postgresql+psycopg://app@db.example.com:5432/app_test"
 DEFAULTS = resolve({}, {}, {})
 
 
+def wide(text: str) -> str:
+    """The full-width form of ASCII text (NFKC folds it back)."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
 def verdict(
     environ: dict[str, str],
     url: str,
@@ -98,7 +103,9 @@ MULTI_CASES = [
     # (environ, variable that decides, value, level on a local target)
     ({"APP_ENV": "", "ENVIRONMENT": "production"}, "ENVIRONMENT", "production", Level.BLOCK),
     ({"APP_ENV": "  ", "ENVIRONMENT": "production"}, "ENVIRONMENT", "production", Level.BLOCK),
-    ({"APP_ENV": "test", "ENVIRONMENT": "production"}, "APP_ENV", "test", Level.ALLOW),
+    # APP_ENV decides allowed/confirm, but a blocked ENVIRONMENT still blocks
+    ({"APP_ENV": "test", "ENVIRONMENT": "production"}, "APP_ENV", "test", Level.BLOCK),
+    ({"APP_ENV": "test", "ENVIRONMENT": "qa"}, "APP_ENV", "test", Level.ALLOW),
     ({"APP_ENV": "Staging", "ENVIRONMENT": "test"}, "APP_ENV", "staging", Level.BLOCK),
     ({"ENVIRONMENT": "qa"}, "ENVIRONMENT", "qa", Level.CONFIRM),
     ({"APP_ENV": "", "ENVIRONMENT": ""}, None, None, Level.ALLOW),
@@ -111,6 +118,7 @@ MULTI_CASES = [
     ids=[
         "APP_ENV-empty-falls-to-ENVIRONMENT",
         "APP_ENV-blank-falls-to-ENVIRONMENT",
+        "APP_ENV-first-but-blocked-ENVIRONMENT-blocks",
         "APP_ENV-first-wins",
         "APP_ENV-blocked-beats-allowed-ENVIRONMENT",
         "only-ENVIRONMENT",
@@ -124,6 +132,175 @@ def test_first_non_empty_variable(
     assert (environment.variable, environment.value) == (variable, value)
     assert environment.checked == ("APP_ENV", "ENVIRONMENT")
     assert verdict(environ, LOCAL, settings=MULTI).level is level
+
+
+# --- names are read as words: normalised, split on every non-letter -------------------------
+
+TOKEN_CASES = [
+    # (ENVIRONMENT value, level on a local target)
+    ("production-eu", Level.BLOCK),
+    ("prod1", Level.BLOCK),
+    (wide("PROD"), Level.BLOCK),  # full-width
+    ("PROD_EU", Level.BLOCK),
+    ("\tProduction\n", Level.BLOCK),
+    ("prod\u2013eu", Level.BLOCK),  # en dash
+    ("eu\u2212live", Level.BLOCK),  # minus sign
+    ("pro\u200bd", Level.BLOCK),  # a zero-width space does not split a word
+    ("pro\u00add", Level.BLOCK),  # nor does a soft hyphen
+    ("Pr\u00f3duction", Level.BLOCK),  # an accent does not hide it
+    ("stage2", Level.BLOCK),
+    ("01-stg", Level.BLOCK),
+    ("eu.live.2", Level.BLOCK),
+    (wide("STAGING-eu"), Level.BLOCK),
+    ("prodigy", Level.CONFIRM),  # a longer word is another word
+    ("product", Level.CONFIRM),
+    ("reproduce", Level.CONFIRM),
+    ("preprod", Level.CONFIRM),  # one word, not in the built-in list
+    ("test1", Level.CONFIRM),  # allowed names match whole values only
+    (wide("TEST"), Level.ALLOW),
+    (" Test ", Level.ALLOW),
+]
+
+
+@pytest.mark.parametrize(("value", "level"), TOKEN_CASES, ids=[repr(c[0]) for c in TOKEN_CASES])
+def test_environment_values_are_read_as_words(value: str, level: Level) -> None:
+    v = verdict({"ENVIRONMENT": value}, LOCAL)
+    assert v.level is level, v.reasons
+    assert "environment" in rules(v)
+    refusal = guard.environment_refusal(
+        read_environment(DEFAULTS.env_vars, {"ENVIRONMENT": value}), DEFAULTS
+    )
+    assert (refusal is not None) is (level is Level.BLOCK)
+
+
+# --- every variable is read; the strictest wins ---------------------------------------------
+
+APP_ENV_FIRST = resolve({}, {}, {"safe_cleanup_env_vars": "APP_ENV"})
+VARIABLE_CASES = [
+    # (id, settings, environ, url, level, variable named in the environment reason)
+    ("APP_ENV-alone-blocks", DEFAULTS, {"APP_ENV": "production"}, LOCAL, Level.BLOCK, "APP_ENV"),
+    ("ENV-prd-blocks", DEFAULTS, {"ENV": "prd"}, LOCAL, Level.BLOCK, "ENV"),
+    ("FLASK_ENV-blocks", DEFAULTS, {"FLASK_ENV": "Staging"}, LOCAL, Level.BLOCK, "FLASK_ENV"),
+    ("DJANGO_ENV-blocks", DEFAULTS, {"DJANGO_ENV": "live-eu"}, LOCAL, Level.BLOCK, "DJANGO_ENV"),
+    ("PYTHON_ENV-blocks", DEFAULTS, {"PYTHON_ENV": "stage2"}, LOCAL, Level.BLOCK, "PYTHON_ENV"),
+    (
+        "ENV-blocks-despite-allowed-ENVIRONMENT",
+        DEFAULTS,
+        {"ENVIRONMENT": "test", "ENV": "prod"},
+        LOCAL,
+        Level.BLOCK,
+        "ENV",
+    ),
+    # the other stacks' variables never allow or confirm anything
+    (
+        "APP_ENV-test-does-not-allow-remote",
+        DEFAULTS,
+        {"APP_ENV": "test"},
+        REMOTE,
+        Level.CONFIRM,
+        "ENVIRONMENT",
+    ),
+    (
+        "APP_ENV-qa-does-not-confirm-local",
+        DEFAULTS,
+        {"APP_ENV": "qa"},
+        LOCAL,
+        Level.ALLOW,
+        "ENVIRONMENT",
+    ),
+    # naming other variables never hides ENVIRONMENT
+    (
+        "env_vars-APP_ENV-still-reads-ENVIRONMENT",
+        APP_ENV_FIRST,
+        {"ENVIRONMENT": "production"},
+        LOCAL,
+        Level.BLOCK,
+        "ENVIRONMENT",
+    ),
+    (
+        "env_vars-APP_ENV-allowed-still-blocked-by-ENVIRONMENT",
+        APP_ENV_FIRST,
+        {"APP_ENV": "test", "ENVIRONMENT": " Production "},
+        LOCAL,
+        Level.BLOCK,
+        "ENVIRONMENT",
+    ),
+    (
+        "ENVIRONMENT-decides-after-the-listed-ones",
+        APP_ENV_FIRST,
+        {"ENVIRONMENT": "qa"},
+        LOCAL,
+        Level.CONFIRM,
+        "ENVIRONMENT",
+    ),
+    (
+        "listed-APP_ENV-decides-before-ENVIRONMENT",
+        APP_ENV_FIRST,
+        {"APP_ENV": "qa", "ENVIRONMENT": "test"},
+        LOCAL,
+        Level.CONFIRM,
+        "APP_ENV",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "environ", "url", "level", "variable"),
+    [c[1:] for c in VARIABLE_CASES],
+    ids=[c[0] for c in VARIABLE_CASES],
+)
+def test_every_variable_is_read_and_the_strictest_wins(
+    settings: Settings, environ: dict[str, str], url: str, level: Level, variable: str
+) -> None:
+    v = verdict(environ, url, settings=settings)
+    assert v.level is level, v.reasons
+    env_reason = next(r for r in v.reasons if r.rule == "environment")
+    assert variable in env_reason.text
+    refusal = guard.environment_refusal(read_environment(settings.env_vars, environ), settings)
+    if level is Level.BLOCK:
+        assert refusal is not None and f"{variable}=" in refusal
+        assert "\n" not in refusal
+    else:
+        assert refusal is None
+
+
+def test_every_blocked_variable_is_named() -> None:
+    environ = {"ENVIRONMENT": "test", "APP_ENV": "production-eu", "ENV": "stg"}
+    environment = read_environment(DEFAULTS.env_vars, environ)
+    refusal = guard.environment_refusal(environment, DEFAULTS)
+    assert refusal is not None
+    assert "APP_ENV='production-eu' holds the blocked environment name 'production'" in refusal
+    assert "ENV='stg' is a blocked environment" in refusal
+    assert "ENVIRONMENT" not in refusal.split(":")[0]
+    assert (environment.variable, environment.value) == ("ENVIRONMENT", "test")
+
+
+def test_environment_reads_only_the_given_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_ENV", "production")
+    assert read_environment(DEFAULTS.env_vars, {}).values == ()
+
+
+CONFIG_BYPASSES = [
+    # (id, ini) that must not let ENVIRONMENT=production pass
+    ("blocked-none", {"safe_cleanup_blocked_environments": "none"}),
+    ("blocked-empty", {"safe_cleanup_blocked_environments": ""}),
+    ("blocked-other", {"safe_cleanup_blocked_environments": "preprod"}),
+    ("env_vars-other", {"safe_cleanup_env_vars": "APP_ENV"}),
+    ("env_vars-unused", {"safe_cleanup_env_vars": "NOTHING_HERE"}),
+]
+
+
+@pytest.mark.parametrize(
+    "ini", [c[1] for c in CONFIG_BYPASSES], ids=[c[0] for c in CONFIG_BYPASSES]
+)
+@pytest.mark.parametrize("value", ["production", "prod-eu", wide("STG")])
+def test_no_configuration_unblocks_a_built_in_name(ini: dict[str, str], value: str) -> None:
+    settings = resolve({}, {}, ini)
+    environ = {"ENVIRONMENT": value}
+    assert verdict(environ, LOCAL, settings=settings).level is Level.BLOCK
+    assert verdict({}, LOCAL, stamp=value, settings=settings).level is Level.BLOCK
+    name_url = f"postgresql+psycopg://app@localhost/orders_{value}"
+    assert verdict({}, name_url, settings=settings).level is Level.BLOCK
 
 
 # --- the database's own stamp ---------------------------------------------------------------
@@ -140,6 +317,27 @@ STAMP_CASES = [
     ),
     ("production-unset-env-localhost", {}, LOCAL, "production", Level.BLOCK, {"stamp"}),
     ("stamp-is-normalised", {"ENVIRONMENT": "test"}, LOCAL, " PROD ", Level.BLOCK, {"stamp"}),
+    ("stamp-token", {"ENVIRONMENT": "test"}, LOCAL, "production-eu", Level.BLOCK, {"stamp"}),
+    ("stamp-trailing-digit", {"ENVIRONMENT": "test"}, LOCAL, "prod1", Level.BLOCK, {"stamp"}),
+    ("stamp-full-width", {"ENVIRONMENT": "test"}, LOCAL, wide("PROD"), Level.BLOCK, {"stamp"}),
+    (
+        "stamp-disposable-prod-blocks",
+        {"ENVIRONMENT": "test"},
+        LOCAL,
+        "disposable-prod",
+        Level.BLOCK,
+        {"stamp"},
+    ),
+    # two rows in a hand-edited stamp table are read together: any blocked one blocks
+    (
+        "stamp-rows-joined",
+        {"ENVIRONMENT": "test"},
+        LOCAL,
+        "test,production",
+        Level.BLOCK,
+        {"stamp"},
+    ),
+    ("stamp-product-asks", {"ENVIRONMENT": "test"}, LOCAL, "product", Level.CONFIRM, {"stamp"}),
     (
         "disposable-makes-remote-pass",
         {"ENVIRONMENT": "test"},
@@ -230,6 +428,20 @@ NAME_CASES = [
     ("postgresql+psycopg://app@localhost/App_Live_Copy", Level.BLOCK, "live"),
     ("postgresql+psycopg://app@localhost/reproduce", Level.ALLOW, None),
     ("postgresql+psycopg://app@localhost/prodigy", Level.ALLOW, None),
+    ("postgresql+psycopg://app@localhost/orders-prod2", Level.BLOCK, "prod"),
+    ("postgresql+psycopg://app@localhost/ORDERS_PROD", Level.BLOCK, "prod"),
+    ("postgresql+psycopg://app@localhost/orders_prod_2024", Level.BLOCK, "prod"),
+    ("postgresql+psycopg://app@localhost/stage2copy", Level.BLOCK, "stage"),
+    (
+        "postgresql+psycopg://app@localhost/orders%EF%BD%90%EF%BD%92%EF%BD%8F%EF%BD%84",
+        Level.ALLOW,
+        None,
+    ),
+    (
+        "postgresql+psycopg://app@localhost/orders_%EF%BD%90%EF%BD%92%EF%BD%8F%EF%BD%84",
+        Level.BLOCK,
+        "prod",
+    ),
     ("sqlite:////tmp/data/prod.db", Level.BLOCK, "prod"),
     ("sqlite:////tmp/production/app.db", Level.ALLOW, None),  # the folder is not the name
     ("sqlite:///reproduce.db", Level.ALLOW, None),
@@ -246,6 +458,12 @@ NAME_CASES = [
         "App_Live_Copy",
         "reproduce",
         "prodigy",
+        "orders-prod2",
+        "ORDERS_PROD",
+        "orders_prod_2024",
+        "stage2copy",
+        "orders-fullwidth-prod-one-word",
+        "orders_-fullwidth-prod",
         "sqlite-prod.db",
         "sqlite-production-folder",
         "sqlite-reproduce.db",

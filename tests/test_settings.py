@@ -13,6 +13,12 @@ from pytest_safe_cleanup.settings import DEFAULT_BLOCKED, Settings, SettingsErro
 CLI_MODE, ENV_MODE, INI_MODE = "safe_cleanup", "SAFE_CLEANUP_MODE", "safe_cleanup_mode"
 CLI_URL, ENV_URL, INI_URL = "safe_cleanup_url", "SAFE_CLEANUP_URL", "safe_cleanup_url"
 
+
+def wide(text: str) -> str:
+    """The full-width form of ASCII text (NFKC folds it back)."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
 MODE_CASES = [
     # (id, cli, env, ini, mode, source)
     (
@@ -208,8 +214,76 @@ def test_environment_lists_are_lower_cased_sets(value: Any) -> None:
         {},
         {"safe_cleanup_blocked_environments": value, "safe_cleanup_allowed_hosts": "postgres"},
     )
-    assert settings.blocked_environments == frozenset({"production", "qa-stage"})
+    assert settings.blocked_environments == frozenset({*DEFAULT_BLOCKED, "qa-stage"})
     assert settings.allowed_hosts == ("postgres",)
+
+
+# --- configuration adds blocked names, never removes them --------------------------------
+
+BLOCKED_LISTS = [
+    # (id, ini value of safe_cleanup_blocked_environments, names added to the built-in ones)
+    ("none", "none", {"none"}),
+    ("empty-list", [], set()),
+    ("blank", "  ", set()),
+    ("only-one-other", "preprod", {"preprod"}),
+    ("full-width-and-case", wide("PreProd"), {"preprod"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "added"), [c[1:] for c in BLOCKED_LISTS], ids=[c[0] for c in BLOCKED_LISTS]
+)
+def test_configured_blocked_names_add_to_the_built_in_ones(value: Any, added: set[str]) -> None:
+    settings = resolve({}, {}, {"safe_cleanup_blocked_environments": value})
+    assert settings.blocked_environments == frozenset(DEFAULT_BLOCKED) | added
+
+
+def test_a_blocked_name_without_letters_is_a_usage_error() -> None:
+    with pytest.raises(SettingsError, match=r"safe_cleanup_blocked_environments: '42' has no"):
+        resolve({}, {}, {"safe_cleanup_blocked_environments": "preprod 42"})
+
+
+ALLOWED_BLOCKED = [
+    # (id, ini blocked, ini allowed, blocked name named in the error)
+    ("built-in", "none", "production", "production"),
+    ("built-in-upper-case", "", "test PROD", "prod"),
+    ("built-in-full-width", "", wide("staging"), "staging"),
+    ("token-of-a-value", "", "qa prod-eu", "prod"),
+    ("trailing-digit", "", "stage2", "stage"),
+    ("configured", "preprod", "qa preprod", "preprod"),
+    ("configured-inside-a-value", "uat", "uat-1", "uat"),
+]
+
+
+@pytest.mark.parametrize(
+    ("blocked", "allowed", "name"),
+    [c[1:] for c in ALLOWED_BLOCKED],
+    ids=[c[0] for c in ALLOWED_BLOCKED],
+)
+def test_allowing_a_blocked_name_is_a_usage_error(blocked: str, allowed: str, name: str) -> None:
+    ini = {
+        "safe_cleanup_blocked_environments": blocked,
+        "safe_cleanup_allowed_environments": allowed,
+    }
+    with pytest.raises(SettingsError) as info:
+        resolve({}, {}, ini)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("ini safe_cleanup_allowed_environments: ")
+    assert f"blocked environment name {name!r}" in message
+    assert "remove it from safe_cleanup_allowed_environments" in message
+
+
+def test_a_project_blocked_name_leaves_the_default_allowed_list() -> None:
+    settings = resolve({}, {}, {"safe_cleanup_blocked_environments": "dev"})
+    assert "dev" in settings.blocked_environments
+    assert "dev" not in settings.allowed_environments
+    assert "test" in settings.allowed_environments
+
+
+def test_allowed_names_are_normalised() -> None:
+    settings = resolve({}, {}, {"safe_cleanup_allowed_environments": wide("QA Review")})
+    assert settings.allowed_environments == frozenset({"qa", "review"})
 
 
 def test_list_defaults() -> None:

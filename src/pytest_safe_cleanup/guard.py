@@ -6,13 +6,21 @@ a row in a table of cases. Callers gather the environment, the target and the st
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from .settings import Settings
+from .settings import (
+    ALWAYS_READ_ENV_VAR,
+    BLOCK_ONLY_ENV_VARS,
+    Settings,
+    blocked_name,
+    normalise_name,
+)
+from .settings import (
+    name_tokens as name_tokens,  # re-exported: the guard's words for a name
+)
 
 if TYPE_CHECKING:  # target.py loads SQLAlchemy; the guard's rules need none of it
     from .target import Target
@@ -56,50 +64,86 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Environment:
-    """The process environment's name and the variable that gave it."""
+    """What the process environment says, as read once from the variables.
+
+    ``variable``/``value`` is the first non-empty variable of ``checked`` (the ini
+    ``safe_cleanup_env_vars``, then ``ENVIRONMENT`` when it is not listed): it alone
+    decides between allowed and CONFIRM. ``values`` holds every non-empty variable
+    read, the block-only ones of other stacks included: any of them can BLOCK.
+    Values are normalised (NFKC, case-folded, stripped).
+    """
 
     variable: str | None
     value: str | None
     checked: tuple[str, ...] = ()
+    values: tuple[tuple[str, str], ...] = ()
+
+    def blocked(self, blocked: Iterable[str]) -> list[tuple[str, str, str]]:
+        """Every ``(variable, value, blocked name)`` whose value holds a blocked name."""
+        read = list(self.values)
+        pair = (self.variable, self.value)
+        if pair[0] is not None and pair[1] is not None and pair not in read:
+            read.insert(0, (pair[0], pair[1]))
+        hits = []
+        for variable, value in read:
+            name = blocked_name(value, blocked)
+            if name is not None:
+                hits.append((variable, value, name))
+        return hits
 
 
 def read_environment(env_vars: tuple[str, ...], environ: Mapping[str, str]) -> Environment:
-    """The first non-empty of ``env_vars``, stripped and lower-cased."""
-    for name in env_vars:
-        value = environ.get(name, "").strip().lower()
+    """Read every variable that names the environment; the first listed non-empty one decides.
+
+    ``ENVIRONMENT`` is always read, last among the deciding variables when the ini does
+    not list it, so naming other variables never hides it. The variables of other
+    stacks (``APP_ENV``, ``ENV``, ...) are read for blocked names only.
+    """
+    deciding = tuple(dict.fromkeys((*env_vars, ALWAYS_READ_ENV_VAR)))
+    values: list[tuple[str, str]] = []
+    for name in dict.fromkeys((*deciding, *BLOCK_ONLY_ENV_VARS)):
+        value = normalise_name(environ.get(name, ""))
         if value:
-            return Environment(name, value, env_vars)
-    return Environment(None, None, env_vars)
+            values.append((name, value))
+    first = next(((n, v) for n, v in values if n in deciding), None)
+    if first is None:
+        return Environment(None, None, deciding, tuple(values))
+    return Environment(first[0], first[1], deciding, tuple(values))
+
+
+def _blocked_words(hits: list[tuple[str, str, str]]) -> str:
+    return "; ".join(
+        f"{variable}={value!r} is a blocked environment"
+        if value == name
+        else f"{variable}={value!r} holds the blocked environment name {name!r}"
+        for variable, value, name in hits
+    )
 
 
 def environment_refusal(environment: Environment, settings: Settings) -> str | None:
-    """The refusal text when the process environment itself is blocked."""
-    if environment.value is not None and environment.value in settings.blocked_environments:
-        return (
-            f"{environment.variable}={environment.value!r} is a blocked environment: "
-            "safe-cleanup refuses to take part in this run in any mode; run deliberate "
-            "production checks without the plugin (-p no:safe_cleanup)"
-        )
-    return None
-
-
-def name_tokens(name: str) -> list[str]:
-    """Split a database name on ``_``, ``-`` and ``.``, lower-cased."""
-    return [t for t in re.split(r"[_\-.]+", name.lower()) if t]
+    """The refusal text when any variable read names a blocked environment."""
+    hits = environment.blocked(settings.blocked_environments)
+    if not hits:
+        return None
+    return (
+        f"{_blocked_words(hits)}: safe-cleanup refuses to take part in this run in any "
+        "mode; run deliberate production checks without the plugin (-p no:safe_cleanup)"
+    )
 
 
 def environment_reason(environment: Environment, target: Target, settings: Settings) -> Reason:
-    """The process-environment rule."""
+    """The process-environment rule: any blocked variable blocks, else the first decides."""
+    hits = environment.blocked(settings.blocked_environments)
+    if hits:
+        return Reason(Level.BLOCK, "environment", _blocked_words(hits))
     var, value = environment.variable, environment.value
     if value is None:
-        names = "/".join(environment.checked) or "ENVIRONMENT"
+        names = "/".join(environment.checked) or ALWAYS_READ_ENV_VAR
         if target.is_local or target.disposable:
             return Reason(Level.ALLOW, "environment", f"{names} is not set and the target is local")
         return Reason(
             Level.CONFIRM, "environment", f"{names} is not set and the target is not local"
         )
-    if value in settings.blocked_environments:
-        return Reason(Level.BLOCK, "environment", f"{var}={value!r} is a blocked environment")
     if value in settings.allowed_environments:
         return Reason(Level.ALLOW, "environment", f"{var}={value!r} is an allowed environment")
     return Reason(
@@ -113,7 +157,8 @@ def evaluate(
     environment: Environment, target: Target, stamp: str | None, settings: Settings
 ) -> Verdict:
     """Decide ALLOW, CONFIRM or BLOCK for cleaning ``target`` from this environment."""
-    stamp = stamp.strip().lower() if stamp else None
+    stamp = normalise_name(stamp) if stamp else None
+    stamp = stamp or None
     if stamp == DISPOSABLE and not target.disposable:
         target = replace(target, disposable=True)
     reasons = [environment_reason(environment, target, settings)]
@@ -126,12 +171,14 @@ def evaluate(
         reasons.append(Reason(Level.CONFIRM, "host", target.host_reason))
 
     if stamp is not None:
-        if stamp in settings.blocked_environments:
+        stamp_block = blocked_name(stamp, settings.blocked_environments)
+        if stamp_block is not None:
+            held = "" if stamp == stamp_block else f" (holds {stamp_block!r})"
             reasons.append(
                 Reason(
                     Level.BLOCK,
                     "stamp",
-                    f"the database is stamped {stamp!r}, a blocked environment",
+                    f"the database is stamped {stamp!r}{held}, a blocked environment",
                 )
             )
         elif stamp in settings.allowed_environments or stamp == DISPOSABLE:
@@ -145,16 +192,15 @@ def evaluate(
                 )
             )
 
-    for token in name_tokens(target.name):
-        if token in settings.blocked_environments:
-            reasons.append(
-                Reason(
-                    Level.BLOCK,
-                    "name",
-                    f"database name {target.name!r} contains the blocked token {token!r}",
-                )
+    name_block = blocked_name(target.name, settings.blocked_environments)
+    if name_block is not None:
+        reasons.append(
+            Reason(
+                Level.BLOCK,
+                "name",
+                f"database name {target.name!r} contains the blocked token {name_block!r}",
             )
-            break
+        )
 
     level = max(r.level for r in reasons)
     return Verdict(level, tuple(reasons))

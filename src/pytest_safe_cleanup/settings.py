@@ -6,7 +6,8 @@ say which flag, variable or ini key decided (a falsy CLI value never falls throu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -20,6 +21,57 @@ WATCHES = ("plugin", "all")
 
 DEFAULT_BLOCKED = ("production", "prod", "prd", "live", "staging", "stage", "stg")
 DEFAULT_ALLOWED = ("local", "test", "testing", "ci", "dev", "development")
+#: always read, whatever ini safe_cleanup_env_vars names
+ALWAYS_READ_ENV_VAR = "ENVIRONMENT"
+#: variables other stacks use: read for blocked names only, never to allow or confirm
+BLOCK_ONLY_ENV_VARS = ("APP_ENV", "ENV", "FLASK_ENV", "DJANGO_ENV", "PYTHON_ENV")
+
+# Marks and invisible format characters are dropped, not split on: "pro\u200bd" is "prod".
+_DROPPED_CATEGORIES = frozenset({"Mn", "Me", "Cf"})
+
+
+def normalise_name(text: str) -> str:
+    """An environment, stamp or database name as the guard compares it.
+
+    NFKC folds full-width and compatibility forms (a full-width PROD), case is folded, and
+    accents, zero-width and other format characters are dropped, so that a name that
+    reads as ``prod`` compares as ``prod``.
+    """
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    kept = "".join(c for c in folded if unicodedata.category(c) not in _DROPPED_CATEGORIES)
+    return unicodedata.normalize("NFKC", kept).strip()
+
+
+def name_tokens(text: str) -> tuple[str, ...]:
+    """The words of a name: runs of letters of its normalised form.
+
+    Every character that is not a letter splits, digits included, so a trailing (or
+    leading) number never hides a word: ``production-eu``, ``prod1``, ``orders-prod2``
+    and ``PROD_EU`` all hold ``prod``/``production``; ``product_catalog`` does not.
+    """
+    words: list[str] = []
+    current: list[str] = []
+    for char in normalise_name(text):
+        if char.isalpha():
+            current.append(char)
+        elif current:
+            words.append("".join(current))
+            current = []
+    if current:
+        words.append("".join(current))
+    return tuple(words)
+
+
+def blocked_name(text: str, blocked: Iterable[str]) -> str | None:
+    """The blocked name whose words appear, in a row, among ``text``'s words, if any."""
+    words = name_tokens(text)
+    for name in sorted(blocked):
+        wanted = name_tokens(name)
+        n = len(wanted)
+        if n and any(words[i : i + n] == wanted for i in range(len(words) - n + 1)):
+            return name
+    return None
+
 
 # name -> (cli option dest, environment variable, ini key, default)
 _SPEC: dict[str, tuple[str | None, str | None, str | None, Any]] = {
@@ -47,9 +99,12 @@ _SPEC: dict[str, tuple[str | None, str | None, str | None, Any]] = {
 INI_HELP: dict[str, str] = {
     "safe_cleanup_mode": "cleanup mode: dry (default), apply or off",
     "safe_cleanup_url": "database URL of the default safe_cleanup_engine",
-    "safe_cleanup_env_vars": "variables that name the environment, first non-empty wins",
-    "safe_cleanup_blocked_environments": "environment names that are never cleaned",
-    "safe_cleanup_allowed_environments": "environment names that need no confirmation",
+    "safe_cleanup_env_vars": "variables that name the environment, first non-empty wins "
+    "(ENVIRONMENT is always read too)",
+    "safe_cleanup_blocked_environments": "more environment names that are never cleaned "
+    "(added to production prod prd live staging stage stg, which always stay blocked)",
+    "safe_cleanup_allowed_environments": "environment names that need no confirmation "
+    "(never a blocked one)",
     "safe_cleanup_allowed_hosts": "host globs treated as local (CI service names)",
     "safe_cleanup_max_rows": "most rows one cleanup may delete (default 10000)",
     "safe_cleanup_backup": "backup strategy: rows (default), pg_dump or none",
@@ -149,6 +204,37 @@ def _is_set(value: Any) -> bool:
     return True
 
 
+def _blocked(value: Any, where: str) -> frozenset[str]:
+    """The built-in blocked names plus the configured ones: configuration only adds."""
+    names = set(DEFAULT_BLOCKED)
+    for word in _words(value):
+        if not name_tokens(word):
+            raise SettingsError(
+                f"{where}: {word!r} has no letters, so it names no environment; "
+                "list environment names such as preprod"
+            )
+        names.add(normalise_name(word))
+    return frozenset(names)
+
+
+def _allowed(
+    value: Any, blocked: frozenset[str], where: str, sources: dict[str, str]
+) -> frozenset[str]:
+    """The allowed names; a blocked name there is a usage error, never a way to allow it."""
+    names = {normalise_name(w) for w in _words(value)}
+    if sources["allowed_environments"] == "default":
+        # A name the project blocks simply leaves the default allowed list.
+        return frozenset(n for n in names if blocked_name(n, blocked) is None)
+    for name in sorted(names):
+        hit = blocked_name(name, blocked)
+        if hit is not None:
+            raise SettingsError(
+                f"{where}: {name!r} holds the blocked environment name {hit!r}, which can "
+                "never be allowed; remove it from safe_cleanup_allowed_environments"
+            )
+    return frozenset(names)
+
+
 def _describe(kind: str, key: str) -> str:
     return {"cli": f"--{key.replace('_', '-')}", "env": key, "ini": f"ini {key}"}[kind]
 
@@ -190,12 +276,14 @@ def resolve(
             "use auto, docker, local or a PostgreSQL server URL"
         )
     url = raw["url"]
+    blocked = _blocked(raw["blocked_environments"], where("blocked_environments"))
+    allowed = _allowed(raw["allowed_environments"], blocked, where("allowed_environments"), sources)
     return Settings(
         mode=_choice("mode", raw["mode"], MODES, where("mode")),
         url=str(url).strip() if url is not None else None,
         env_vars=env_vars,
-        blocked_environments=frozenset(w.lower() for w in _words(raw["blocked_environments"])),
-        allowed_environments=frozenset(w.lower() for w in _words(raw["allowed_environments"])),
+        blocked_environments=blocked,
+        allowed_environments=allowed,
         allowed_hosts=_words(raw["allowed_hosts"]),
         max_rows=_positive_int(raw["max_rows"], where("max_rows")),
         backup=_choice("backup", raw["backup"], BACKUPS, where("backup")),
