@@ -164,6 +164,49 @@ HOST_CASES = [
         "unix socket /var/run/mysqld/mysqld.sock",
     ),
     ("mysql-default-socket", "mysql+pymysql://u@/db", {}, "local", "default unix socket"),
+    # the mysql dialects pass ?host= to the driver after the URL's host: the query wins
+    (
+        "mysql-query-host-beats-localhost",
+        "mysql+pymysql://u@localhost:3306/db?host=db.example.com",
+        {},
+        "remote",
+        "host db.example.com is given in the query string",
+    ),
+    (
+        "mariadb-query-host-beats-127",
+        "mariadb+pymysql://u@127.0.0.1/db?host=10.0.0.5",
+        {},
+        "remote",
+        "query string",
+    ),
+    (
+        "mysql-query-host-only",
+        "mysql+pymysql://u@/db?host=mysql.example.com",
+        {},
+        "remote",
+        "query string",
+    ),
+    (
+        "mysql-query-loopback-is-still-remote",
+        "mysql+pymysql://u@/db?host=127.0.0.1",
+        {},
+        "remote",
+        "query string",
+    ),
+    (
+        "mysql-query-host-glob-is-still-remote",
+        "mysql+pymysql://u@localhost/db?host=postgres",
+        {},
+        "remote",
+        "query string",
+    ),
+    (
+        "mysql-query-socket-path-is-local",
+        "mysql+pymysql://u@db.example.com/db?host=/var/run/mysqld/mysqld.sock",
+        {},
+        "local",
+        "unix socket /var/run/mysqld/mysqld.sock (from the query string)",
+    ),
     (
         "mariadb-service-name-not-in-globs",
         "mariadb+pymysql://u@mysql/db",
@@ -256,12 +299,62 @@ def test_other_query_values_are_kept_in_the_masked_url() -> None:
     assert "sslmode=require" in t.masked_url
 
 
-def test_unparseable_url_error_hides_the_password() -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"not a url://app:{SECRET}@host/db",
+        f"postgresql+psycopg://app:{SECRET}/orders",  # the "@" is missing
+        f"postgresql://app:{SECRET}",
+        f"postgresql://app:{SECRET}@[bad/orders",
+        f"postgresql://app:{SECRET}@db:notaport/orders",
+        f"postgresql://app:{SECRET} x@db:port/orders",  # a space in the password
+        f"app:{SECRET}@db/orders",  # no scheme
+    ],
+)
+def test_unparseable_url_error_hides_the_password(url: str) -> None:
     with pytest.raises(TargetError) as info:
-        target.from_url(f"not a url://app:{SECRET}@host/db")
+        target.from_url(url)
     message = str(info.value)
     assert SECRET not in message
     assert "dialect+driver://user:password@host:port/database" in message
+
+
+MASK_TEXT_CASES = [
+    # (id, text, what must still show)
+    ("userinfo", f"postgresql://user:{SECRET}@db/x", "postgresql://user:***@db/x"),
+    ("no-at", f"postgresql://user:{SECRET}/db", "postgresql://user:***/db"),
+    ("no-at-no-path", f"postgresql://user:{SECRET}", "postgresql://user:***"),
+    ("at-in-password", f"postgresql://u:{SECRET}@x@db/x", "postgresql://u:***@db/x"),
+    ("slash-in-password", f"postgresql://u:a/{SECRET}@db/x", "postgresql://u:***@db/x"),
+    ("space-in-password", f"'postgresql://u:a {SECRET}@db/x'", "'postgresql://u:***@db/x'"),
+    ("empty-password", "mysql+pymysql://root:@localhost/x", "root:***@localhost/x"),
+    ("query-password", f"postgresql://u@db/x?password={SECRET}&a=1", "password=***&a=1"),
+    ("query-sslpassword", f"postgresql://u@db/x?sslpassword={SECRET}", "sslpassword=***"),
+    ("query-PWD", f"mysql://u@db/x?PWD={SECRET}", "PWD=***"),
+    ("libpq-keywords", f"host=db password={SECRET} dbname=x", "host=db password=*** dbname=x"),
+    ("libpq-quoted", f"host=db password='a {SECRET}' dbname=x", "password=*** dbname=x"),
+    (
+        "odbc-encoded",
+        f"mssql+pyodbc:///?odbc_connect=SERVER%3Dp%3BPWD%3D{SECRET}%3BUID%3Du",
+        "PWD%3D***%3BUID",
+    ),
+    ("bare-userinfo", f"app:{SECRET}@db/orders", "app:***@db/orders"),
+    ("two-urls", f"a://u:{SECRET}@h/d b://v:{SECRET}@k/e", "a://u:***@h/d b://v:***@k/e"),
+    # nothing to hide: left as it is
+    ("port-kept", "postgresql://localhost:5432/db", "postgresql://localhost:5432/db"),
+    ("ipv6-kept", "postgresql://[::1]:5432/db", "postgresql://[::1]:5432/db"),
+    ("email-kept", "mail bob@example.com", "mail bob@example.com"),
+    ("words-kept", 'password authentication failed for user "bob"', "failed for user"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"), [c[1:] for c in MASK_TEXT_CASES], ids=[c[0] for c in MASK_TEXT_CASES]
+)
+def test_mask_text_hides_passwords_in_any_url_like_text(text: str, shown: str) -> None:
+    masked = target.mask_text(text)
+    assert SECRET not in masked
+    assert shown in masked
 
 
 def test_empty_url_says_what_to_give() -> None:
@@ -388,6 +481,26 @@ def test_libpq_really_connects_to_hostaddr(pg_server_url: str) -> None:
     try:
         with engine.connect() as conn:
             assert conn.execute(text("SELECT inet_server_addr()")).scalar() is not None
+    finally:
+        engine.dispose()
+    assert not target.from_url(url, (), {}).is_local
+
+
+def test_mysql_driver_really_connects_to_the_query_host() -> None:
+    """Why ?host= decides a MySQL URL's host class: the URL's own host is never used."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    pytest.importorskip("pymysql")
+    url = "mysql+pymysql://root@nonexistent.invalid:3306/mysql?host=127.0.0.1"
+    engine = create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    except OperationalError as exc:
+        if os.environ.get("SAFE_CLEANUP_REQUIRE_MYSQL") == "1":
+            raise
+        pytest.skip(f"no MySQL/MariaDB server on 127.0.0.1:3306: {exc}")
     finally:
         engine.dispose()
     assert not target.from_url(url, (), {}).is_local

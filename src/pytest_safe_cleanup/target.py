@@ -9,6 +9,7 @@ import fnmatch
 import getpass
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -64,7 +65,7 @@ def parse_url(url: str | URL) -> URL:
     except (ArgumentError, ValueError) as exc:
         shown = mask_text(text)
         raise TargetError(
-            f"could not parse {shown!r} as a database URL ({exc}); "
+            f"could not parse {shown!r} as a database URL ({mask_message(str(exc), text)}); "
             "use the form dialect+driver://user:password@host:port/database"
         ) from None
     host = parsed.host or ""
@@ -76,15 +77,90 @@ def parse_url(url: str | URL) -> URL:
     return parsed
 
 
+_SCHEME_SLASHES = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+# key=value secrets in a query string, a libpq/ODBC connection string or a message;
+# %3D and %3B are "=" and ";" percent-encoded (as inside odbc_connect=...).
+_SECRET_PAIR = re.compile(
+    r"(?i)(?:(?<![A-Za-z0-9_])|(?<=%3B)|(?<=%26))(sslpassword|password|passwd|pwd)(\s*(?:=|%3D)\s*)"
+    r"('[^']*'|\"[^\"]*\"|(?:(?!%26|%3B)[^&;\s'\"#,)])+)"
+)
+# user:password@ at the start of a word, without a scheme ("app:secret@db/x")
+_BARE_USERINFO = re.compile(r"(?<![^\s'\"(,=])([^\s:/@'\"]+):(?!//)([^\s'\"]*)@")
+
+
+def _mask_authority(segment: str, found: list[str]) -> str:
+    """Mask the password in what follows a ``scheme://`` (up to the next one)."""
+    first_word = re.split(r"[\s'\"]", segment, maxsplit=1)[0]
+    # The userinfo ends at the last "@" of the first word; a password with a space
+    # in it has its "@" further on, so then the last "@" of the segment counts.
+    at = first_word.rfind("@")
+    if at < 0:
+        at = segment.rfind("@")
+    if at >= 0:
+        userinfo = segment[:at]
+        user, colon, _ = userinfo.partition(":")
+        if colon and not re.search(r"[\s'\"/]", user):
+            found.append(userinfo[len(user) + 1 :])
+            return f"{user}:***{segment[at:]}"
+        return segment
+    # No "@" at all ("scheme://user:secret/db"): a colon not followed by a port.
+    authority = re.split(r"[/?#\s'\"]", segment, maxsplit=1)[0]
+    if authority.startswith("["):
+        return segment
+    host, colon, rest = authority.partition(":")
+    if colon and rest and not rest.isdigit():
+        found.append(rest)
+        return f"{host}:***{segment[len(authority) :]}"
+    return segment
+
+
 def mask_text(text: str) -> str:
-    """Hide a password in a URL-like string that may not even parse."""
-    if "://" not in text or "@" not in text:
-        return text
-    scheme, rest = text.split("://", 1)
-    creds, _, tail = rest.rpartition("@")
-    if ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    return f"{scheme}://{creds}@{tail}"
+    """Hide passwords in any URL-like text, parseable or not.
+
+    Error messages repeat what they could not parse, so this works on text, not on a
+    parsed URL: the userinfo after every ``scheme://`` (with or without its ``@``),
+    a bare ``user:password@``, and ``password=``/``pwd=``/``sslpassword=`` values in
+    query strings and connection strings are all shown as ``***``.
+    """
+    return _mask(text, [])
+
+
+def _mask(text: str, found: list[str]) -> str:
+    """``mask_text``, collecting every hidden value in ``found``."""
+    starts = [m.end() for m in _SCHEME_SLASHES.finditer(text)]
+    if starts:
+        parts = [text[: starts[0]]]
+        for i, start in enumerate(starts):
+            stop = starts[i + 1] if i + 1 < len(starts) else len(text)
+            segment = text[start:stop]
+            # the next scheme's name belongs to the next segment, not to this userinfo
+            tail = _SCHEME_SLASHES.search(segment)
+            cut = tail.start() if tail is not None else len(segment)
+            parts.append(_mask_authority(segment[:cut], found) + segment[cut:])
+        text = "".join(parts)
+
+    def bare(m: re.Match[str]) -> str:
+        found.append(m.group(2))
+        return f"{m.group(1)}:***@"
+
+    def pair(m: re.Match[str]) -> str:
+        found.append(m.group(3))
+        return f"{m.group(1)}{m.group(2)}***"
+
+    return _SECRET_PAIR.sub(pair, _BARE_USERINFO.sub(bare, text))
+
+
+def mask_message(message: str, source: str) -> str:
+    """Mask ``message`` and every secret of ``source`` that it repeats, in any form.
+
+    A parser's error may quote a fragment of the text it failed on (a password read as
+    a port, say) where no URL shape is left to recognise.
+    """
+    found: list[str] = []
+    _mask(source, found)
+    for secret in sorted({f for f in found if f}, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return mask_text(message)
 
 
 PASSWORD_QUERY_KEYS = frozenset({"password", "passwd", "pwd"})
@@ -187,10 +263,12 @@ def classify(
         return remote[0] if remote else results[0]
     if backend in ("mysql", "mariadb"):
         socket = _query_value(url.query, "unix_socket")
-        if url.host:
-            return _classify_host(url.host, allowed_hosts, "")
+        # SQLAlchemy's mysql dialects pass query arguments to the driver after the URL's
+        # own, so ?host= wins over the URL's host: classified as libpq's query host is.
         if query_host:
             return _classify_host(query_host, allowed_hosts, QUERY_ORIGIN)
+        if url.host:
+            return _classify_host(url.host, allowed_hosts, "")
         return "local", f"unix socket {socket}" if socket else "default unix socket"
     if not url.host:
         # Only the backends above have a known local default; elsewhere the server comes
