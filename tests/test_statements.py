@@ -1,19 +1,36 @@
-"""statements.classify: what the watch sees in a SQL text (section 6a).
+"""statements: what the watch sees in a SQL text (sections 3 and 6a).
 
-Each case is (sql, keyword, writes, destructive). Writes are what a BLOCK target
-refuses; destructive ones (DELETE, TRUNCATE, DROP) are what the unguarded watch reports.
+``classify`` cases are (sql, keyword, writes, destructive). Writes are what a BLOCK
+target refuses; destructive ones (DELETE, TRUNCATE, DROP) are what the unguarded
+watch reports. ``reaches``, ``changes_stamp`` and ``lifts_read_only`` cases follow,
+each with the tricks the watch must not fall for and ways around it we tried; the
+servers themselves (SQLite, PostgreSQL, MariaDB) confirm the names and the lifts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pytest_safe_cleanup.statements import (
     _READINGS,
+    Reach,
     _classify,
     _readings_for,
     _strip,
+    changes_stamp,
     classify,
+    lifts_read_only,
+    reaches,
     shorten,
 )
 
@@ -65,14 +82,25 @@ CASES = [
     ("with d as (delete from t returning id) select * from d", "WITH ... DELETE", D),
     ("WITH u AS (UPDATE t SET a = 1 RETURNING id) SELECT * FROM u", "WITH ... UPDATE", W),
     ("WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a", "WITH ... INSERT", W),
-    ("WITH a AS (SELECT id FROM t), b AS (DELETE FROM t WHERE id IN (SELECT id FROM a)) "
-     "SELECT 1", "WITH ... DELETE", D),
-    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3), "
-     "d AS (DELETE FROM t WHERE id IN (SELECT n FROM r) RETURNING id) SELECT * FROM d",
-     "WITH ... DELETE", D),
+    (
+        "WITH a AS (SELECT id FROM t), b AS (DELETE FROM t WHERE id IN (SELECT id FROM a)) "
+        "SELECT 1",
+        "WITH ... DELETE",
+        D,
+    ),
+    (
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3), "
+        "d AS (DELETE FROM t WHERE id IN (SELECT n FROM r) RETURNING id) SELECT * FROM d",
+        "WITH ... DELETE",
+        D,
+    ),
     ("/* c */ WITH d AS (DELETE FROM t RETURNING *) SELECT 1", "WITH ... DELETE", D),
-    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
-     "SELECT * FROM r", "WITH", None),
+    (
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+        "SELECT * FROM r",
+        "WITH",
+        None,
+    ),
     ("WITH a AS (SELECT 1), b AS (SELECT 2) SELECT * FROM a, b", "WITH", None),
     ("WITH x AS (SELECT 'delete' AS w) SELECT * FROM x", "WITH", None),
     ("WITH x AS (SELECT deleted_at, update_count FROM t) SELECT * FROM x", "WITH", None),
@@ -198,3 +226,451 @@ def test_shorten_is_one_line_and_bounded() -> None:
     long = shorten("SELECT " + ", ".join(f"c{i}" for i in range(100)), limit=40)
     assert len(long) == 40
     assert long.endswith("...")
+
+
+# reaches: the other databases a statement writes to or changes. Each case is
+# (sql, backend, reaches shown as kind:name[.table][ as alias], "?" for no name).
+
+PG, LITE, MY = "postgresql", "sqlite", "mysql"
+
+REACH_CASES = [
+    # PostgreSQL: databases by name, folded as the server folds them
+    ("ALTER DATABASE other RESET safe_cleanup.environment", PG, ["alter:other"]),
+    ("alter database Other set work_mem = '1MB'", PG, ["alter:other"]),
+    ('ALTER DATABASE "Other" OWNER TO me', PG, ["alter:Other"]),
+    ("ALTER DATABASE ÄProd RENAME TO x", PG, ["alter:Äprod"]),  # only ASCII folds
+    ("DROP DATABASE prod", PG, ["drop:prod"]),
+    ("DROP DATABASE IF EXISTS prod WITH (FORCE)", PG, ["drop:prod"]),
+    ('DROP DATABASE "we""ird"', PG, ['drop:we"ird']),
+    ("CREATE DATABASE copy TEMPLATE prod", PG, ["create:copy"]),  # the template is read
+    ("CREATE DATABASE copy WITH OWNER = me TEMPLATE = prod", PG, ["create:copy"]),
+    ("COMMENT ON DATABASE prod IS 'the real one'", PG, ["comment:prod"]),
+    ("SECURITY LABEL FOR selinux ON DATABASE prod IS 'x'", PG, ["comment:prod"]),
+    ("GRANT CONNECT, TEMP ON DATABASE a, B TO app", PG, ["grant:a", "grant:b"]),
+    ("REVOKE ALL ON DATABASE prod FROM PUBLIC", PG, ["grant:prod"]),
+    ("ALTER ROLE app IN DATABASE prod SET search_path = x", PG, ["alter:prod"]),
+    ("ALTER USER app IN DATABASE prod RESET ALL", PG, ["alter:prod"]),
+    # PostgreSQL: a qualified name is a schema of the same database
+    ("INSERT INTO app.items VALUES (1)", PG, []),
+    ("DROP SCHEMA prod CASCADE", PG, []),
+    ("WITH d AS (DELETE FROM app.items RETURNING 1) SELECT 1", PG, []),
+    ("SELECT datname FROM pg_database WHERE datname = 'prod'", PG, []),
+    ("USE prod", PG, []),
+    # tricks: comments, case, strings, several statements, readings that disagree
+    ("-- x\n/* y */ DROP DATABASE prod", PG, ["drop:prod"]),
+    ("SELECT 'DROP DATABASE prod'", PG, []),
+    ("SELECT $$ DROP DATABASE prod $$", PG, []),
+    ("SELECT 1; drop database prod", PG, ["drop:prod"]),
+    ("SELECT 1 -- ; DROP DATABASE prod", PG, []),
+    ("SELECT E'\\''; DROP DATABASE prod; -- '", PG, ["drop:prod"]),
+    ("/* a /* b */ DROP DATABASE prod */ SELECT 1", PG, []),  # PostgreSQL nests comments
+    ("/* a /* b */ DROP DATABASE prod */ SELECT 1", "mssql", ["drop:prod"]),  # SQLite's reading
+    # tried around it: escaped names, another server reached through a function
+    ('DROP DATABASE U&"pr\\006fd"', PG, ["drop:?"]),
+    ("SELECT dblink_exec('dbname=prod', 'DELETE FROM items')", PG, ["unknown:?"]),
+    ("SELECT public.dblink('dbname=prod', 'SELECT 1')", PG, ["unknown:?"]),
+    # SQLite: ATTACH names a file; a name SQLite reads as a file name counts
+    ("ATTACH DATABASE 'prod.db' AS p", LITE, ["attach:prod.db as p"]),
+    ("attach 'it''s.db' as p", LITE, ["attach:it's.db as p"]),
+    ("ATTACH prod AS p", LITE, ["attach:prod as p"]),
+    ('ATTACH "prod.db" AS "p"', LITE, ["attach:prod.db as p"]),
+    ("ATTACH 'pr' || 'od.db' AS p", LITE, ["attach:? as p"]),
+    ("ATTACH ? AS p", LITE, ["attach:? as p"]),
+    ("ATTACH :file AS p", LITE, ["attach:? as p"]),
+    ("SELECT 1 AS [x]; ATTACH 'prod.db' AS p", LITE, ["attach:prod.db as p"]),
+    ("SELECT 'ATTACH ''prod.db'' AS p'", LITE, []),
+    ("DETACH DATABASE p", LITE, ["detach:p"]),
+    ("INSERT INTO p.items VALUES (1)", LITE, ["table:p.items"]),
+    ("DELETE FROM main.items", LITE, []),
+    ("UPDATE temp.items SET a = 1", LITE, []),
+    ("SELECT * FROM p.items", LITE, []),
+    ("ATTACH 'prod.db' AS p", PG, []),
+    # MySQL and MariaDB: USE, databases and schemas, names kept as written
+    ("USE prod", MY, ["use:prod"]),
+    ("use `Prod`", MY, ["use:Prod"]),
+    ("SELECT 1; # '\nUSE prod; -- '", MY, ["use:prod"]),
+    ("/*!50000USE*/ prod", MY, ["use:prod"]),  # MySQL runs what /*! */ holds
+    ("SELECT 'USE prod'", MY, []),
+    ("DROP DATABASE Prod", MY, ["drop:Prod"]),
+    ("DROP SCHEMA IF EXISTS `prod`", MY, ["drop:prod"]),
+    ("ALTER SCHEMA prod READ ONLY = 0", MY, ["alter:prod"]),
+    ("ALTER DATABASE CHARACTER SET utf8mb4", MY, []),  # the current database
+    ("CREATE DATABASE IF NOT EXISTS sandbox", MY, ["create:sandbox"]),
+    ("CREATE OR REPLACE DATABASE prod", "mariadb", ["drop:prod"]),  # drops it first
+    # MySQL: writes to db.table
+    ("INSERT INTO prod.items VALUES (1)", MY, ["table:prod.items"]),
+    ("INSERT IGNORE prod.items SET a = 1", MY, ["table:prod.items"]),
+    ("REPLACE INTO `prod`.`items` VALUES (1)", MY, ["table:prod.items"]),
+    ("UPDATE LOW_PRIORITY prod.items SET a = 1", MY, ["table:prod.items"]),
+    ("DELETE FROM prod.items WHERE id = 1", MY, ["table:prod.items"]),
+    ("TRUNCATE prod.items", MY, ["table:prod.items"]),
+    ("TRUNCATE TABLE `prod` . items", MY, ["table:prod.items"]),
+    ("DROP TABLE IF EXISTS items, prod.items", MY, ["table:prod.items"]),
+    ("ALTER TABLE prod.items ADD c int", MY, ["table:prod.items"]),
+    ("CREATE TABLE prod.items (id int)", MY, ["table:prod.items"]),
+    ("CREATE TABLE `a``b`.items (id int)", MY, ["table:a`b.items"]),
+    ("RENAME TABLE items TO prod.items", MY, ["table:prod.items"]),
+    ("RENAME TABLE prod.items TO items, a TO b", MY, ["table:prod.items"]),
+    ("INSERT INTO items SELECT * FROM prod.items", MY, []),  # read
+    ("DELETE FROM items WHERE id IN (SELECT id FROM prod.items)", MY, []),  # read
+    ("UPDATE items SET a = 1 WHERE items.id = 2", MY, []),
+    ("INSERT INTO items (a) VALUES ('prod.items')", MY, []),
+    ("SELECT * FROM prod.items", MY, []),
+    ("INSERT INTO prod.items VALUES (1)", PG, []),
+    # MySQL multi-table forms: every table that may be written
+    ("UPDATE items JOIN prod.b ON items.id = b.id SET b.x = 1", MY, ["table:prod.b"]),
+    ("UPDATE a, prod.b AS x SET x.v = a.v WHERE a.id = x.id", MY, ["table:prod.b"]),
+    ("DELETE a, prod.b FROM a JOIN prod.b ON a.id = b.id", MY, ["table:prod.b"]),
+    ("DELETE x FROM prod.items AS x WHERE x.id = 1", MY, ["table:prod.items"]),
+    (
+        "DELETE FROM x USING ok.a AS x JOIN prod.b ON x.id = b.id",
+        MY,
+        ["table:ok.a", "table:prod.b"],
+    ),
+    ("DELETE a.* FROM a JOIN (SELECT id FROM prod.b) d ON a.id = d.id", MY, []),
+    ("WITH x AS (SELECT 1) DELETE FROM prod.items", MY, ["table:prod.items"]),
+    # a qualified name that names no table of the statement: fail closed
+    ("UPDATE items SET a = 1 WHERE prod.items.id = 1", MY, ["unknown:prod"]),
+    ("DELETE FROM items WHERE other.x = 1", MY, ["unknown:other"]),
+    # tried around it: text run later, routines, grants, partitions, triggers, renames
+    ("PREPARE s FROM 'DELETE FROM prod.items'", MY, ["table:prod.items"]),
+    ("PREPARE s FROM @sql", MY, ["unknown:?"]),
+    ("EXECUTE IMMEDIATE 'DROP DATABASE prod'", "mariadb", ["drop:prod"]),
+    ("CALL prod.purge()", MY, ["routine:prod.purge"]),
+    ("INSERT INTO items VALUES (prod.next_id())", MY, ["routine:prod.next_id"]),
+    ("GRANT ALL ON prod.* TO 'u'@'%'", MY, ["grant:prod"]),
+    ("GRANT SELECT (a) ON TABLE prod.items TO u", MY, ["grant:prod.items"]),
+    ("GRANT ALL ON *.* TO u", MY, ["unknown:?"]),
+    ("ALTER TABLE items EXCHANGE PARTITION p0 WITH TABLE prod.items", MY, ["table:prod.items"]),
+    ("ALTER TABLE items RENAME prod.items", MY, ["table:prod.items"]),
+    (
+        "CREATE TRIGGER tr AFTER INSERT ON items FOR EACH ROW DELETE FROM prod.items",
+        MY,
+        ["table:prod.items"],
+    ),
+    ("LOAD DATA INFILE 'x.csv' INTO TABLE prod.items", MY, ["table:prod.items"]),
+    ("ANALYZE DELETE FROM prod.items", "mariadb", ["table:prod.items"]),  # it runs
+    # a backend these rules do not know gets every rule
+    ("DROP SCHEMA prod", "mssql", ["drop:prod"]),
+    ("INSERT INTO prod.items VALUES (1)", "mssql", ["table:prod.items"]),
+]
+
+
+def shown(reach: Reach) -> str:
+    text = f"{reach.kind}:{'?' if reach.name is None else reach.name}"
+    if reach.table:
+        text += f".{reach.table}"
+    if reach.kind == "attach":
+        text += f" as {reach.alias}"
+    return text
+
+
+@pytest.mark.parametrize(
+    ("sql", "backend", "expected"), REACH_CASES, ids=[f"{c[1]}:{c[0][:44]}" for c in REACH_CASES]
+)
+def test_reaches(sql: str, backend: str, expected: list[str]) -> None:
+    found = reaches(sql, backend)
+    assert [shown(r) for r in found] == expected
+    assert all(r.known == (r.kind != "unknown" and r.name is not None) for r in found)
+
+
+def test_reaches_names_the_words_that_decided_and_is_cached() -> None:
+    (reach,) = reaches("/* c */ DROP DATABASE IF EXISTS prod", "postgresql")
+    assert reach == Reach("drop", "prod", keyword="DROP DATABASE")
+    assert reaches("/* c */ DROP DATABASE IF EXISTS prod", "postgresql") is reaches(
+        "/* c */ DROP DATABASE IF EXISTS prod", "postgresql"
+    )
+    assert reaches("USE prod", "mariadb") == reaches("USE prod", "mysql")
+
+
+# changes_stamp: (sql, changes a database's stamp)
+
+STAMP_CASES = [
+    ("ALTER DATABASE app SET safe_cleanup.environment = 'test'", True),
+    ("alter database app reset SAFE_CLEANUP.ENVIRONMENT", True),
+    ("ALTER DATABASE app SET \"safe_cleanup.environment\" TO 'dev'", True),
+    ("ALTER DATABASE app SET safe_cleanup . environment FROM CURRENT", True),
+    ("ALTER DATABASE app RESET ALL", True),
+    ("ALTER ROLE app IN DATABASE prod SET safe_cleanup.environment = 'test'", True),
+    ("ALTER ROLE ALL IN DATABASE prod RESET ALL", True),
+    ("DELETE FROM safe_cleanup_stamp", True),
+    ("UPDATE public.safe_cleanup_stamp SET environment = 'test'", True),
+    ('TRUNCATE "safe_cleanup_stamp"', True),
+    ("DROP TABLE IF EXISTS `app`.`safe_cleanup_stamp`", True),
+    ("REPLACE INTO safe_cleanup_stamp VALUES ('test')", True),
+    ("INSERT INTO [safe_cleanup_stamp] VALUES ('test')", True),
+    ("ALTER TABLE safe_cleanup_stamp RENAME TO old", True),
+    ("RENAME TABLE safe_cleanup_stamp TO old", True),
+    ("CREATE OR REPLACE VIEW safe_cleanup_stamp AS SELECT 'test' AS environment", True),
+    ("/* x */ -- y\n delete from SAFE_CLEANUP_STAMP", True),
+    ("SELECT 1; DELETE FROM safe_cleanup_stamp", True),
+    ("SELECT 1; /*!50000 DELETE FROM safe_cleanup_stamp */", True),
+    ("WITH d AS (DELETE FROM safe_cleanup_stamp RETURNING 1) SELECT 1", True),
+    # tried around it: a table renamed into the stamp, the catalog behind the setting,
+    # text run later, an escaped name
+    ("ALTER TABLE fake RENAME TO safe_cleanup_stamp", True),
+    ("DELETE FROM pg_catalog.pg_db_role_setting", True),
+    ("PREPARE s FROM 'DELETE FROM safe_cleanup_stamp'", True),
+    ("PREPARE s FROM @q", True),
+    ("DO $$ BEGIN EXECUTE 'DELETE FROM safe_cleanup_stamp'; END $$", True),
+    ('DELETE FROM U&"safe\\005fcleanup_stamp"', True),
+    # not a change
+    ("SELECT environment FROM safe_cleanup_stamp", False),
+    ("SELECT 'DELETE FROM safe_cleanup_stamp'", False),
+    ("-- DELETE FROM safe_cleanup_stamp\nSELECT 1", False),
+    ("ALTER DATABASE app SET search_path = app", False),
+    ("ALTER DATABASE safe_cleanup_test OWNER TO me", False),
+    ("INSERT INTO log (m) VALUES ('safe_cleanup_stamp')", False),
+    ("SET safe_cleanup.environment = 'test'", False),  # this session only
+    ("SELECT current_setting('safe_cleanup.environment')", False),
+    ("DELETE FROM items", False),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), STAMP_CASES, ids=[c[0][:48] for c in STAMP_CASES])
+def test_changes_stamp(sql: str, expected: bool) -> None:
+    assert changes_stamp(sql) is expected
+
+
+# lifts_read_only: (sql, lifts a read-only session)
+
+LIFT_CASES = [
+    # PostgreSQL
+    ("SET default_transaction_read_only = off", True),
+    ("set Default_Transaction_Read_Only to FALSE", True),
+    ("SET SESSION default_transaction_read_only = 0", True),
+    ("SET LOCAL default_transaction_read_only TO 'off'", True),
+    ('SET default_transaction_read_only = "off"', True),
+    ('SET "default_transaction_read_only" = off', True),
+    ("SET default_transaction_read_only = 'of'", True),  # a prefix PostgreSQL takes
+    ("SET default_transaction_read_only TO DEFAULT", True),
+    ("SET transaction_read_only = off", True),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", True),
+    ("SET TRANSACTION READ WRITE", True),
+    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE", True),
+    ("BEGIN READ WRITE", True),
+    ("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE", True),
+    ("START TRANSACTION READ WRITE", True),
+    ("BEGIN READ/* x */WRITE", True),
+    ("RESET default_transaction_read_only", True),
+    ("RESET ALL", True),
+    ("DISCARD ALL", True),
+    ("SELECT set_config('default_transaction_read_only', 'off', false)", True),
+    ("SELECT pg_catalog.set_config('DEFAULT_TRANSACTION_READ_ONLY', 'off', false)", True),
+    ("SELECT 1 FROM (SELECT set_config('transaction_read_only', 'off', true)) s", True),
+    ("SELECT 1; SET default_transaction_read_only = off", True),
+    ("/* c */ -- c\n set default_transaction_read_only = off", True),
+    # tried around it: a quoted function, a name not given as a literal, an escaped
+    # name, the settings view
+    ("select \"set_config\"('default_transaction_read_only', 'off', false)", True),
+    ("SELECT set_config($1, $2, false)", True),
+    ("SELECT set_config(name, 'off', false) FROM names", True),
+    ('SET U&"default\\005ftransaction_read_only" = off', True),
+    ("UPDATE pg_settings SET setting = 'off' WHERE name LIKE 'default_transaction_read%'", True),
+    # MySQL and MariaDB
+    ("SET transaction_read_only = 0", True),
+    ("SET @@session.transaction_read_only = OFF", True),
+    ("SET @@tx_read_only := 0", True),
+    ("SET SESSION tx_read_only = 'OFF'", True),
+    ("SET LOCAL tx_read_only = 0", True),
+    ("SET autocommit = 1, tx_read_only = 0", True),
+    ("SET SESSION TRANSACTION READ WRITE", True),
+    ("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ WRITE", True),
+    ("SELECT 1 # x\n; SET tx_read_only = 0", True),
+    ("/*!50000 SET SESSION tx_read_only = 0 */", True),
+    # tried around it: a quoted variable, an expression, the default, one statement
+    ("SET `tx_read_only` = 0", True),
+    ("SET @@session.`tx_read_only` = 0", True),
+    ("SET tx_read_only = 1 - 1", True),
+    ("SET tx_read_only = DEFAULT", True),
+    ("SET STATEMENT tx_read_only = 0 FOR SELECT 1", True),
+    # SQLite
+    ("PRAGMA query_only = 0", True),
+    ("PRAGMA query_only = false", True),
+    ("pragma QUERY_ONLY = OFF", True),
+    ("PRAGMA query_only = 'no'", True),
+    ("PRAGMA main.query_only = 0", True),
+    ('PRAGMA "main"."query_only" = 0', True),
+    ("PRAGMA [query_only] = 0", True),
+    # tried around it: the call form, values SQLite reads as false
+    ("PRAGMA query_only(0)", True),
+    ("PRAGMA query_only = 256", True),
+    ("PRAGMA query_only = t", True),
+    ("PRAGMA query_only = ' 1'", True),
+    ("PRAGMA query_only = -1", True),
+    # not a lift
+    ("SET default_transaction_read_only = on", False),
+    ("SET default_transaction_read_only = 'on'", False),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", False),
+    ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", False),
+    ("BEGIN", False),
+    ("BEGIN ISOLATION LEVEL READ COMMITTED", False),
+    ("START TRANSACTION READ ONLY", False),
+    ("SELECT 'SET default_transaction_read_only = off'", False),
+    ("SELECT $$ RESET ALL $$", False),
+    ("-- RESET ALL\nSELECT 1", False),
+    ("SELECT set_config('search_path', 'app', false)", False),
+    ("SELECT set_config('default_transaction_read_only', 'on', false)", False),
+    ("SET tx_read_only = 1", False),
+    ("SET @@session.tx_read_only = ON", False),
+    ("PRAGMA query_only", False),
+    ("PRAGMA query_only = 1", False),
+    ("PRAGMA query_only = yes", False),
+    ("PRAGMA foreign_keys = 0", False),
+    ("SELECT read_only FROM t", False),
+    ("SHOW transaction_read_only", False),
+    ("SELECT @@tx_read_only", False),
+    ("DISCARD PLANS", False),
+    ("RESET search_path", False),
+    ("SET search_path TO app", False),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), LIFT_CASES, ids=[c[0][:48] for c in LIFT_CASES])
+def test_lifts_read_only(sql: str, expected: bool) -> None:
+    assert lifts_read_only(sql) is expected
+
+
+# The servers decide: every case a server really lifts or names must be seen so.
+
+
+def test_sqlite_lifts_only_what_lifts_read_only_sees() -> None:
+    lifted = []
+    for sql, _ in LIFT_CASES:
+        conn = sqlite3.connect(":memory:")
+        conn.execute("PRAGMA query_only = 1")
+        with contextlib.suppress(sqlite3.Error):
+            conn.executescript(sql)
+        if conn.execute("PRAGMA query_only").fetchone() == (0,):
+            lifted.append(sql)
+        conn.close()
+    assert [sql for sql in lifted if not lifts_read_only(sql)] == []
+    assert len(lifted) >= 12  # the SQLite cases above
+
+
+def test_postgresql_lifts_only_what_lifts_read_only_sees(pg_server_url: str) -> None:
+    """Every case only changes its own session, so the server's database serves."""
+    engine = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    lifted = []
+    try:
+        with engine.connect() as conn:
+            for sql, _ in LIFT_CASES:
+                conn.exec_driver_sql("SET default_transaction_read_only = on")
+                try:
+                    conn.exec_driver_sql(sql)
+                    state = conn.exec_driver_sql(
+                        "SELECT current_setting('default_transaction_read_only'), "
+                        "current_setting('transaction_read_only')"
+                    ).one()
+                    if "off" in state:
+                        lifted.append(sql)
+                except DBAPIError:
+                    pass
+                conn.exec_driver_sql("ROLLBACK")
+    finally:
+        engine.dispose()
+    assert [sql for sql in lifted if not lifts_read_only(sql)] == []
+    assert len(lifted) >= 20
+
+
+def test_postgresql_drops_the_database_reaches_names(pg_server_url: str) -> None:
+    engine = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    tag = uuid.uuid4().hex[:8]
+    statements = [
+        f"DROP DATABASE Sct_ÄB_{tag}",  # folds ASCII letters only
+        f'/* c */ SELECT 1; drop database if exists "Sct_we""ird_{tag}" with (force)',
+    ]
+    try:
+        with engine.connect() as conn:
+            for sql in statements:
+                (reach,) = reaches(sql, "postgresql")
+                assert reach.kind == "drop" and reach.name is not None
+                quoted = reach.name.replace('"', '""')
+                conn.exec_driver_sql(f'CREATE DATABASE "{quoted}"')
+                for one in sql.split("; "):
+                    conn.exec_driver_sql(one)
+                left = conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_database WHERE datname = %(name)s",
+                    {"name": reach.name},
+                ).scalar_one()
+                assert left == 0, sql
+    finally:
+        with engine.connect() as conn:
+            for sql in statements:
+                for reach in reaches(sql, "postgresql"):
+                    quoted = (reach.name or "").replace('"', '""')
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{quoted}"')
+        engine.dispose()
+
+
+def test_sqlite_attaches_the_file_reaches_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    conn = sqlite3.connect("main.db")
+    for sql in (
+        "ATTACH DATABASE 'a.db' AS a",
+        "attach b AS b",
+        'ATTACH "c.db" AS "c"',
+        "SELECT 1 AS [x]; ATTACH 'it''s.db' AS d",
+    ):
+        (reach,) = reaches(sql, "sqlite")
+        conn.executescript(sql)
+        files = {row[1]: Path(row[2]).name for row in conn.execute("PRAGMA database_list")}
+        assert files[reach.alias] == reach.name, sql
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def mariadb() -> Iterator[Engine]:
+    url = os.environ.get("SAFE_CLEANUP_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect():
+            pass
+    except OperationalError:
+        engine.dispose()
+        pytest.skip(f"no MariaDB server at {url}")
+    yield engine
+    engine.dispose()
+
+
+def test_mariadb_lifts_only_what_lifts_read_only_sees(mariadb: Engine) -> None:
+    lifted = []
+    with mariadb.connect() as conn:
+        try:
+            for sql, _ in LIFT_CASES:
+                conn.exec_driver_sql("SET SESSION TRANSACTION READ ONLY")
+                try:
+                    conn.exec_driver_sql(sql.replace("%", "%%"))
+                    if conn.exec_driver_sql("SELECT @@session.tx_read_only").scalar() == 0:
+                        lifted.append(sql)
+                except DBAPIError:
+                    pass
+        finally:
+            conn.exec_driver_sql("SET SESSION TRANSACTION READ WRITE")
+    assert [sql for sql in lifted if not lifts_read_only(sql)] == []
+    assert len(lifted) >= 8
+
+
+def test_mariadb_uses_the_database_reaches_names(mariadb: Engine) -> None:
+    tag = uuid.uuid4().hex[:8]
+    statements = [
+        f"USE sct_plain_{tag}",
+        f"use `Sct_Case_{tag}`",
+        f"/*!50000USE*/ sct_hidden_{tag}",
+        f"SELECT 1 # '\n; USE `sct_tick``{tag}`",
+    ]
+    names = [reaches(sql, "mariadb")[0].name for sql in statements]
+    with mariadb.connect() as conn:
+        try:
+            for sql, name in zip(statements, names, strict=True):
+                assert name is not None
+                conn.exec_driver_sql(f"CREATE DATABASE `{name.replace('`', '``')}`")
+                for one in sql.split("; "):
+                    conn.exec_driver_sql(one)
+                assert conn.exec_driver_sql("SELECT DATABASE()").scalar() == name, sql
+        finally:
+            for name in names:
+                if name is not None:
+                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name.replace('`', '``')}`")

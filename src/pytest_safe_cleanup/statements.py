@@ -17,6 +17,7 @@ characters where the readings differ (most of them) are read once.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -75,14 +76,15 @@ class _Reading:
 
     flat: re.Pattern[str]  # block comments do not nest
     nested: re.Pattern[str] | None  # block comments nest: the opener alone
+    pieces: tuple[str, ...] = ()  # to decode quoted bodies as this reading does
 
 
 def _reading(*pieces: str, nests: bool = False) -> _Reading:
     flat = re.compile("|".join(pieces), re.DOTALL)
     if not nests:
-        return _Reading(flat, None)
+        return _Reading(flat, None, pieces)
     opener = [r"/\*" if piece == _BLOCK else piece for piece in pieces]
-    return _Reading(flat, re.compile("|".join(opener), re.DOTALL))
+    return _Reading(flat, re.compile("|".join(opener), re.DOTALL), pieces)
 
 
 #: the first reading decides the keyword when readings agree on the danger, and is
@@ -270,3 +272,903 @@ def shorten(sql: str, limit: int = 120) -> str:
     """One line of a statement for a message."""
     one = " ".join(sql.split())
     return one if len(one) <= limit else one[: limit - 3] + "..."
+
+
+# What a statement does beyond the verb (section 3 and 6a): the other databases it
+# writes to or changes, whether it changes a stamp, whether it lifts a read-only
+# session. These need names and literals, which the readings above blank out, so a
+# text that may matter is cut into tokens once per reading. Only the first sight of
+# a text pays for that: every answer is cached per distinct text, like ``classify``.
+
+#: a token: (kind, value, upper-cased value of a bare word, else ""); kind is "w" a
+#: bare word or number, "q" a quoted name, "s" a string, "p" one punctuation mark.
+#: value None: a quoted text this module does not decode (PostgreSQL ``U&"..."``).
+_Tok = tuple[str, str | None, str]
+_Statements = tuple[tuple[_Tok, ...], ...]
+
+_PLAIN = re.compile(r"([\w$]+)|\S")
+_BACKSLASH_SQ = re.compile(r"\\(.)|''", re.DOTALL)
+_BACKSLASH_DQ = re.compile(r'\\(.)|""', re.DOTALL)
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "b": "\b", "f": "\f", "Z": "\x1a"}
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+#: the backends whose rules ``reaches`` knows; any other name gets every rule
+BACKENDS = frozenset({"postgresql", "sqlite", "mysql", "mariadb"})
+
+
+@dataclass(frozen=True)
+class Reach:
+    """A database other than the connected one that a statement writes to or changes.
+
+    ``kind``: ``drop``, ``create`` (the template it copies is only read), ``alter``,
+    ``comment``, ``grant`` (GRANT and REVOKE), ``use`` (MySQL switches database),
+    ``attach`` and ``detach`` (SQLite), ``table`` (a write to an object qualified by
+    that database), ``routine`` (a MySQL procedure or function of that database runs),
+    or ``unknown`` (a reach this module cannot name). ``name``: the database as the
+    server resolves it (PostgreSQL folds unquoted names to lower case; MySQL, MariaDB
+    and SQLite keep them as written), for ATTACH the file expression's text, for
+    DETACH the schema name; None when it is not a literal or cannot be told.
+    ``alias``: ATTACH's and DETACH's schema name. ``table``: the object of ``table``
+    and ``routine``. ``keyword``: the words that decided, for a message.
+
+    The caller compares ``name`` with the database the connection reached; a reach
+    that is not ``known`` must be refused (fail closed).
+    """
+
+    kind: str
+    name: str | None
+    alias: str | None = None
+    table: str | None = None
+    keyword: str = ""
+
+    @property
+    def known(self) -> bool:
+        """A named database: False means the watch cannot tell which one."""
+        return self.kind != "unknown" and self.name is not None
+
+
+def reaches(statement: str, backend: str) -> tuple[Reach, ...]:
+    """The other databases ``statement`` writes to or changes, read as ``backend`` reads it.
+
+    ``backend`` is SQLAlchemy's dialect name: ``postgresql``, ``sqlite``, ``mysql`` or
+    ``mariadb``. It decides what a name means: ``db.table`` is another database on
+    MySQL and MariaDB, an attached schema on SQLite (``main`` and ``temp`` are the
+    connection's own), a schema of the same database on PostgreSQL (never a reach
+    there); names are folded as that server folds them; the text is read as that
+    server may read it (with and without backslash escapes), and every reading counts.
+    Any other backend gets every rule, every reading and names as written. Every
+    statement of the text counts.
+    """
+    return _REACHES.get(backend, _reaches_any)(statement)
+
+
+@lru_cache(maxsize=4096)
+def changes_stamp(statement: str) -> bool:
+    """``statement`` changes a database's stamp, on any backend.
+
+    ``ALTER DATABASE|ROLE|USER|SYSTEM ... SET|RESET safe_cleanup...`` (any spelling),
+    ``... RESET ALL``, and any write that names the ``safe_cleanup_stamp`` table or
+    PostgreSQL's ``pg_db_role_setting`` however qualified or quoted (a text that
+    writes and names it in any of its statements counts). Dynamic SQL whose text
+    names ``safe_cleanup`` or cannot be read (MySQL ``PREPARE s FROM @q``) counts too.
+    """
+    if not classify(statement).writes:
+        return False
+    return any(_changes_stamp(toks) for toks in _all_statements(statement))
+
+
+@lru_cache(maxsize=4096)
+def lifts_read_only(statement: str) -> bool:
+    """``statement`` would lift a read-only session set by the server, on any backend.
+
+    PostgreSQL: ``SET [SESSION|LOCAL] default_transaction_read_only|transaction_read_only``
+    to anything but on/true/yes/1, ``... READ WRITE`` in ``SET``, ``BEGIN`` or ``START``,
+    ``RESET`` of those or ``RESET ALL``, ``DISCARD ALL``, ``set_config`` of those (or of
+    a name that is not a literal), a write to ``pg_settings``. MySQL and MariaDB: ``SET``
+    of ``transaction_read_only``, ``tx_read_only`` (also ``read_only``,
+    ``super_read_only``) in any scope or ``SET STATEMENT ... FOR``, ``... READ WRITE``.
+    SQLite: ``PRAGMA [schema.]query_only`` set to anything but a true value.
+    """
+    if _MAYBE_LIFT.search(statement) is None:
+        return False
+    return any(_lifts(toks) for toks in _all_statements(statement))
+
+
+_MAYBE_REACH = re.compile(r"(?<![A-Za-z_$])(?:USE|ATTACH|DETACH)(?![\w$])|DBLINK", re.IGNORECASE)
+_MAYBE_LIFT = re.compile(
+    r"read_only|write|reset|discard|query_only|set_config|pg_settings|u&", re.IGNORECASE
+)
+
+
+def _reaches(statement: str, backend: str) -> tuple[Reach, ...]:
+    if not classify(statement).writes and _MAYBE_REACH.search(statement) is None:
+        return ()
+    found: dict[Reach, None] = {}
+    for toks in _all_statements(statement, backend):
+        for reach in _reach_one(toks, backend, frozenset()):
+            found[reach] = None
+    return tuple(found)
+
+
+def _cached_reaches(backend: str) -> Callable[[str], tuple[Reach, ...]]:
+    """One cache per backend, keyed by the text alone (the fastest lookup)."""
+
+    @lru_cache(maxsize=4096)
+    def cached(statement: str) -> tuple[Reach, ...]:
+        return _reaches(statement, backend)
+
+    return cached
+
+
+_reaches_any = _cached_reaches("")
+_REACHES = {
+    "postgresql": _cached_reaches("postgresql"),
+    "sqlite": _cached_reaches("sqlite"),
+}
+_REACHES["mysql"] = _REACHES["mariadb"] = _cached_reaches("mysql")
+
+
+# Cutting a text into tokens, once per reading.
+
+
+#: the readings of a known backend, without and with a backslash in the text: the
+#: server's own settings (standard_conforming_strings, NO_BACKSLASH_ESCAPES) decide
+_BACKEND_READINGS = {
+    "postgresql": (_READINGS[:1], _READINGS[:3]),
+    "sqlite": (_READINGS[3:4], _READINGS[3:4]),
+    "mysql": (_READINGS[6:], _READINGS[5:]),
+}
+
+
+def _all_statements(sql: str, backend: str = "") -> tuple[tuple[_Tok, ...], ...]:
+    """Every statement of every distinct reading of ``sql``, as tokens.
+
+    A known backend reads the text its own ways only (a backtick is no quote to
+    PostgreSQL, but PostgreSQL never reads a MySQL connection's text); any other
+    backend, or none, gets every reading.
+    """
+    return tuple(toks for statements in _tokenised(sql, backend) for toks in statements)
+
+
+@lru_cache(maxsize=256)
+def _tokenised(sql: str, backend: str) -> tuple[_Statements, ...]:
+    own = _BACKEND_READINGS.get(backend)
+    readings = _readings_for(sql) if own is None else own["\\" in sql]
+    found: dict[_Statements, None] = {}
+    for reading in readings:
+        found[_tokens(sql, reading)] = None
+    return tuple(found)
+
+
+def _tokens(sql: str, reading: _Reading) -> _Statements:
+    """``sql``'s statements as ``reading`` cuts them: comments gone, quotes decoded."""
+    statements: list[list[_Tok]] = [[]]
+    mysql = _MYSQL_BLOCK in reading.pieces  # its */ closes a /*! ... */ that runs
+
+    def plain(text: str) -> None:
+        out = statements[-1]
+        if mysql and "*/" in text:
+            text = text.replace("*/", " ")
+        for match in _PLAIN.finditer(text):
+            word = match.group(1)
+            if word is not None:
+                out.append(("w", word, word.upper()))
+            elif match.group(0) == ";":
+                out = []
+                statements.append(out)
+            else:
+                out.append(("p", match.group(0), ""))
+
+    nested = reading.nested if reading.nested is not None and sql.count("/*") > 1 else None
+    pattern = nested or reading.flat
+    pos = 0
+    while (match := pattern.search(sql, pos)) is not None:
+        plain(sql[pos : match.start()])
+        piece = match.group(0)
+        pos = match.end()
+        if piece == "/*" and nested is not None:
+            depth = 1
+            while depth:
+                mark = _COMMENT_MARK.search(sql, pos)
+                if mark is None:
+                    pos = len(sql)
+                    break
+                depth += 1 if mark.group(0) == "/*" else -1
+                pos = mark.end()
+            continue
+        if piece.startswith(("--", "#", "/*")):  # a comment, or MySQL's /*! opener
+            continue
+        kind, decoded = _decode(piece, reading)
+        value: str | None = decoded
+        out = statements[-1]
+        if sql[max(match.start() - 2, 0) : match.start()] in ("U&", "u&") and len(out) > 1:
+            del out[-2:]  # PostgreSQL's U&"d\0061ta": escapes this module does not decode
+            value = None
+        out.append((kind, value, ""))
+    plain(sql[pos:])
+    return tuple(tuple(s) for s in statements if s)
+
+
+def _decode(piece: str, reading: _Reading) -> tuple[str, str]:
+    """The kind and text of one quoted piece, as ``reading`` reads it."""
+    first = piece[0]
+    if first in "Ee":
+        return "s", _unescape(piece[2:-1], _BACKSLASH_SQ)
+    if first == "'":
+        if _QUOTE_BS in reading.pieces:
+            return "s", _unescape(piece[1:-1], _BACKSLASH_SQ)
+        return "s", piece[1:-1].replace("''", "'")
+    if first == '"':
+        if _IDENT_BS in reading.pieces:
+            return "q", _unescape(piece[1:-1], _BACKSLASH_DQ)
+        return "q", piece[1:-1].replace('""', '"')
+    if first == "`":
+        return "q", piece[1:-1].replace("``", "`")
+    if first == "[":
+        return "q", piece[1:-1]
+    end = piece.index("$", 1) + 1  # $tag$ body $tag$
+    return "s", piece[end:-end]
+
+
+def _unescape(body: str, pattern: re.Pattern[str]) -> str:
+    def one(match: re.Match[str]) -> str:
+        char = match.group(1)
+        return match.group(0)[0] if char is None else _ESCAPES.get(char, char)
+
+    return pattern.sub(one, body)
+
+
+# Small readers over one statement's tokens.
+
+
+def _chain(toks: tuple[_Tok, ...], i: int) -> tuple[list[_Tok], int]:
+    """The dotted name starting at ``i`` (``db.t``, ``"s"."t"``, ``db.*``) and the end."""
+    n = len(toks)
+    if i >= n or toks[i][0] not in "wq":
+        return [], i
+    parts = [toks[i]]
+    i += 1
+    while i + 1 < n and toks[i][1] == "." and (toks[i + 1][0] in "wq" or toks[i + 1][1] == "*"):
+        parts.append(toks[i + 1])
+        i += 2
+    return parts, i
+
+
+def _fold(tok: _Tok, backend: str) -> str | None:
+    kind, value, _ = tok
+    if value is None or kind != "w" or backend != "postgresql":
+        return value
+    return value.translate(_LOWER)  # PostgreSQL folds ASCII letters only
+
+
+def _single_name(toks: tuple[_Tok, ...], i: int, backend: str) -> str | None:
+    parts, _ = _chain(toks, i)
+    return _fold(parts[0], backend) if len(parts) == 1 else None
+
+
+def _skip_if(toks: tuple[_Tok, ...], i: int) -> int:
+    """Past ``IF [NOT] EXISTS``."""
+    if i < len(toks) and toks[i][2] == "IF":
+        i += 1
+        if i < len(toks) and toks[i][2] == "NOT":
+            i += 1
+        return i + 1
+    return i
+
+
+def _skip_words(toks: tuple[_Tok, ...], i: int, words: frozenset[str]) -> int:
+    while i < len(toks) and (toks[i][2] in words or toks[i][2] == "OR"):
+        i += 2 if toks[i][2] == "OR" else 1  # SQLite: INSERT OR REPLACE, UPDATE OR IGNORE
+    return i
+
+
+def _skip_paren(toks: tuple[_Tok, ...], i: int) -> int:
+    """Past the parenthesis that opens at ``i``."""
+    depth = 0
+    while i < len(toks):
+        mark = toks[i][1]
+        if mark == "(":
+            depth += 1
+        elif mark == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return i
+
+
+def _opening(toks: tuple[_Tok, ...]) -> tuple[_Tok, ...]:
+    i = 0
+    while i < len(toks) and toks[i][1] == "(":
+        i += 1
+    return toks[i:]
+
+
+# reaches
+
+
+_SUBQUERY = frozenset({"SELECT", "WITH", "VALUES", "TABLE"})
+_EXPLAIN_WORDS = frozenset(
+    {"EXPLAIN", "DESCRIBE", "DESC", "ANALYZE", "ANALYSE", "VERBOSE", "EXTENDED", "PARTITIONS"}
+)
+_MY_DATABASE_OPTIONS = frozenset(
+    {"DEFAULT", "CHARACTER", "CHARSET", "COLLATE", "ENCRYPTION", "READ", "COMMENT"}
+)
+_TABLE_VERBS = frozenset(
+    {
+        "INSERT",
+        "REPLACE",
+        "UPDATE",
+        "DELETE",
+        "TRUNCATE",
+        "DROP",
+        "ALTER",
+        "CREATE",
+        "RENAME",
+        "LOAD",
+        "CALL",
+        "GRANT",
+        "REVOKE",
+        "DO",
+        "EXECUTE",
+        "PREPARE",
+        "IMPORT",
+        "HANDLER",
+    }
+)
+_TABLE_OBJECTS = frozenset(
+    {"TABLE", "TABLES", "VIEW", "TRIGGER", "PROCEDURE", "FUNCTION", "EVENT", "SEQUENCE", "INDEX"}
+)
+_BODIES = frozenset({"TRIGGER", "PROCEDURE", "FUNCTION", "EVENT"})
+_BODY_VERBS = frozenset({"INSERT", "REPLACE", "UPDATE", "DELETE", "TRUNCATE", "DROP", "ALTER"})
+_MODIFIERS = frozenset(
+    {"LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE", "QUICK", "INTO", "TABLE"}
+)
+_REF_ENDS = frozenset({"WHERE", "ORDER", "LIMIT", "RETURNING", "USING"})
+_NOT_ALIAS = frozenset(
+    {
+        "AS",
+        "SET",
+        "WHERE",
+        "JOIN",
+        "INNER",
+        "LEFT",
+        "RIGHT",
+        "OUTER",
+        "CROSS",
+        "NATURAL",
+        "STRAIGHT_JOIN",
+        "FULL",
+        "ON",
+        "USING",
+        "USE",
+        "IGNORE",
+        "FORCE",
+        "PARTITION",
+        "ORDER",
+        "LIMIT",
+        "FROM",
+        "RETURNING",
+        "INDEXED",
+        "NOT",
+        "GROUP",
+        "HAVING",
+        "UNION",
+        "VALUES",
+        "SELECT",
+        "FOR",
+    }
+)
+#: words after which ``a.b (`` is a table and its columns, not a function call
+_BEFORE_TABLE = frozenset(
+    {
+        "INTO",
+        "TABLE",
+        "TABLES",
+        "ON",
+        "REFERENCES",
+        "UPDATE",
+        "FROM",
+        "JOIN",
+        "EXISTS",
+        "VIEW",
+        "PROCEDURE",
+        "FUNCTION",
+        "TRIGGER",
+        "EVENT",
+        "INDEX",
+        "TO",
+        "REPLACE",
+        "INSERT",
+        "CALL",
+        "IGNORE",
+        "LOW_PRIORITY",
+        "DELAYED",
+        "HIGH_PRIORITY",
+        "RENAME",
+        "LIKE",
+        "USING",
+        "AS",
+    }
+)
+
+
+def _reach_one(toks: tuple[_Tok, ...], backend: str, known: frozenset[str]) -> list[Reach]:
+    toks = _opening(toks)
+    if not toks:
+        return []
+    verb = toks[0][2]
+    pg = backend in ("postgresql", "")
+    my = backend in ("mysql", "")
+    lite = backend in ("sqlite", "")
+    if verb in _EXPLAIN_WORDS:  # EXPLAIN ANALYZE and MariaDB's ANALYZE run the statement
+        i = 1
+        while i < len(toks):
+            if toks[i][2] in _EXPLAIN_WORDS:
+                i += 1
+            elif toks[i][2] == "FORMAT":
+                i += 3
+            elif toks[i][1] == "(" and i + 1 < len(toks) and toks[i + 1][2] not in _SUBQUERY:
+                i = _skip_paren(toks, i)
+            else:
+                break
+        return _reach_one(toks[i:], backend, known) if i < len(toks) else []
+    if verb == "WITH":
+        i, names = _after_with(toks)
+        return _reach_one(toks[i:], backend, known | names) if i < len(toks) else []
+    out: list[Reach] = []
+    if pg or my:
+        out += _database_reaches(toks, backend, my)
+    if my and verb == "USE":
+        out.append(Reach("use", _single_name(toks, 1, backend), keyword="USE"))
+    if my and verb in ("PREPARE", "EXECUTE"):
+        out += _dynamic_reaches(toks, backend)
+    if lite and verb in ("ATTACH", "DETACH"):
+        out.append(_attach(toks, backend))
+    if pg:
+        for i, tok in enumerate(toks):  # dblink connects to another database
+            value = tok[1]
+            if (
+                tok[0] in "wq"
+                and value
+                and value.lower().startswith("dblink")
+                and i + 1 < len(toks)
+                and toks[i + 1][1] == "("
+            ):
+                out.append(Reach("unknown", None, keyword=value))
+    if (my or lite) and verb in _TABLE_VERBS:
+        out += _table_reaches(toks, backend, known)
+    return out
+
+
+def _after_with(toks: tuple[_Tok, ...]) -> tuple[int, frozenset[str]]:
+    """Where the statement after ``WITH a AS (...), b AS (...)`` starts, and the names."""
+    n = len(toks)
+    i = 2 if n > 1 and toks[1][2] == "RECURSIVE" else 1
+    names: set[str] = set()
+    while i < n and toks[i][0] in "wq":
+        names.add((toks[i][1] or "").lower())
+        i += 1
+        if i < n and toks[i][1] == "(":
+            i = _skip_paren(toks, i)
+        while i < n and toks[i][2] in ("AS", "NOT", "MATERIALIZED"):
+            i += 1
+        if i < n and toks[i][1] == "(":
+            i = _skip_paren(toks, i)
+        if i < n and toks[i][1] == ",":
+            i += 1
+            continue
+        break
+    return i, frozenset(names)
+
+
+def _database_reaches(toks: tuple[_Tok, ...], backend: str, my: bool) -> list[Reach]:
+    """``ALTER|DROP|CREATE DATABASE x``, ``... ON DATABASE x``, ``ALTER ROLE ... IN DATABASE x``."""
+    n = len(toks)
+    verb = toks[0][2]
+    words = ("DATABASE", "SCHEMA") if my else ("DATABASE",)  # a PostgreSQL schema is inside
+    out: list[Reach] = []
+    if verb in ("ALTER", "DROP", "CREATE") and n > 1:
+        i, kind = 1, verb.lower()
+        if verb == "CREATE" and toks[1][2] == "OR" and n > 2 and toks[2][2] == "REPLACE":
+            i, kind = 3, "drop"  # MariaDB: CREATE OR REPLACE DATABASE drops it first
+        if i < n and toks[i][2] in words:
+            keyword = " ".join(t[2] for t in toks[: i + 1])
+            i = _skip_if(toks, i + 1)
+            if i >= n or (
+                backend == "mysql" and verb == "ALTER" and toks[i][2] in _MY_DATABASE_OPTIONS
+            ):
+                return out  # MySQL's ALTER DATABASE without a name: the current one
+            out.append(Reach(kind, _single_name(toks, i, backend), keyword=keyword))
+        elif verb == "ALTER" and toks[1][2] in ("ROLE", "USER"):
+            for j in range(2, n - 2):
+                if toks[j][2] == "IN" and toks[j + 1][2] == "DATABASE":
+                    keyword = f"ALTER {toks[1][2]} IN DATABASE"
+                    out.append(Reach("alter", _single_name(toks, j + 2, backend), keyword=keyword))
+        return out
+    if verb in ("COMMENT", "SECURITY", "GRANT", "REVOKE"):
+        kind = "comment" if verb in ("COMMENT", "SECURITY") else "grant"
+        for j in range(1, n - 2):
+            if toks[j][2] == "ON" and toks[j + 1][2] == "DATABASE":
+                i = j + 2
+                while True:
+                    keyword = f"{verb} ON DATABASE"
+                    out.append(Reach(kind, _single_name(toks, i, backend), keyword=keyword))
+                    _, i = _chain(toks, i)
+                    if i < n and toks[i][1] == ",":
+                        i += 1
+                        continue
+                    break
+                break
+    return out
+
+
+def _attach(toks: tuple[_Tok, ...], backend: str) -> Reach:
+    """SQLite ``ATTACH [DATABASE] expr AS schema`` and ``DETACH [DATABASE] schema``."""
+    n = len(toks)
+    verb = toks[0][2]
+    i = 2 if n > 1 and toks[1][2] == "DATABASE" else 1
+    if verb == "DETACH":
+        alias = _alias(toks, i)
+        return Reach("detach", alias, alias=alias, keyword="DETACH")
+    j, depth = i, 0
+    while j < n and not (depth == 0 and toks[j][2] == "AS"):
+        depth += 1 if toks[j][1] == "(" else -1 if toks[j][1] == ")" else 0
+        j += 1
+    expr = toks[i:j]
+    # A string, or a name (SQLite reads a bare or quoted name there as the file name).
+    path = expr[0][1] if len(expr) == 1 and expr[0][0] in "sqw" else None
+    return Reach("attach", path, alias=_alias(toks, j + 1), keyword="ATTACH")
+
+
+def _alias(toks: tuple[_Tok, ...], i: int) -> str | None:
+    if i < len(toks) and toks[i][0] in "sqw" and (i + 1 == len(toks) or toks[i + 1][1] != "."):
+        return toks[i][1]
+    return None
+
+
+def _dynamic_reaches(toks: tuple[_Tok, ...], backend: str) -> list[Reach]:
+    """MySQL ``PREPARE s FROM 'text'`` and MariaDB ``EXECUTE IMMEDIATE 'text'``."""
+    n = len(toks)
+    if toks[0][2] == "PREPARE":
+        i = 3 if n > 2 and toks[2][2] == "FROM" else n
+    else:
+        i = 2 if n > 1 and toks[1][2] == "IMMEDIATE" else n
+    if i >= n and (toks[0][2] == "EXECUTE" or n < 3 or toks[2][2] != "FROM"):
+        return []  # EXECUTE s runs a text checked when it was prepared
+    text = toks[i][1] if i < n and toks[i][0] in "sq" else None
+    if text is None or (i + 1 < n and toks[i + 1][2] != "USING"):
+        return [Reach("unknown", None, keyword=toks[0][2])]
+    return list(reaches(text, backend))
+
+
+def _table_reaches(toks: tuple[_Tok, ...], backend: str, known: frozenset[str]) -> list[Reach]:
+    """Writes to ``db.table`` (MySQL, MariaDB) or ``schema.table`` (SQLite)."""
+    n = len(toks)
+    verb = toks[0][2]
+    targets: list[list[_Tok]] = []
+    names = set(known)  # what ``x`` in ``x.column`` may be: tables, aliases
+    check = n  # where qualified names that are neither targets nor columns start
+    if verb in ("INSERT", "REPLACE", "TRUNCATE"):
+        parts, _ = _chain(toks, _skip_words(toks, 1, _MODIFIERS))
+        targets.append(parts)
+    elif verb == "UPDATE":
+        tables, check = _refs(toks, _skip_words(toks, 1, _MODIFIERS), frozenset({"SET"}), names)
+        targets += tables
+    elif verb == "DELETE":
+        i = _skip_words(toks, 1, _MODIFIERS - {"INTO", "TABLE"})
+        if i < n and toks[i][2] == "FROM":
+            tables, i = _refs(toks, i + 1, _REF_ENDS, names)
+            targets += tables
+            if i < n and toks[i][2] == "USING":
+                tables, i = _refs(toks, i + 1, _REF_ENDS - {"USING"}, names)
+                targets += tables
+        else:
+            tables, i = _refs(toks, i, frozenset({"FROM"}), names)
+            targets += tables
+            if i < n:
+                tables, i = _refs(toks, i + 1, _REF_ENDS, names)
+                targets += tables
+        check = i
+    elif verb in ("DROP", "ALTER", "CREATE"):
+        targets += _object_targets(toks, backend, known)
+    elif verb == "RENAME":
+        i = 2
+        while i < n:
+            parts, end = _chain(toks, i)
+            if parts and parts[0][2] != "TO":
+                targets.append(parts)
+            i = max(end, i + 1)
+    elif verb == "LOAD":
+        for i in range(1, n - 2):
+            if toks[i][2] == "INTO" and toks[i + 1][2] == "TABLE":
+                targets.append(_chain(toks, i + 2)[0])
+                break
+    elif verb in ("GRANT", "REVOKE") and backend != "sqlite":
+        return _grant_reaches(toks, backend)
+    out = [_qualified(parts, "table", verb, backend) for parts in targets]
+    if verb == "CALL":
+        out.append(_qualified(_chain(toks, 1)[0], "routine", verb, backend))
+    if backend != "sqlite":
+        out += _calls(toks, backend)
+    if check < n:
+        out += _unattributed(toks, check, names, {r.name.lower() for r in out if r and r.name})
+    return [r for r in out if r is not None]
+
+
+def _object_targets(
+    toks: tuple[_Tok, ...], backend: str, known: frozenset[str]
+) -> list[list[_Tok]]:
+    """``DROP|ALTER|CREATE`` of a table, view, index, trigger or routine, and bodies."""
+    n = len(toks)
+    verb = toks[0][2]
+    i = 1
+    while i < n and toks[i][2] not in _TABLE_OBJECTS:
+        if toks[i][1] == "(":
+            return []
+        i += 1
+    if i >= n:
+        return []
+    kind = toks[i][2]
+    targets: list[list[_Tok]] = []
+    i = _skip_if(toks, i + 1)
+    while True:  # DROP TABLE a, b
+        parts, i = _chain(toks, i)
+        targets.append(parts)
+        if not (verb == "DROP" and i < n and toks[i][1] == ","):
+            break
+        i += 1
+    for j in range(i, n):
+        word = toks[j][2]
+        if word == "ON" and kind in ("INDEX", "TRIGGER"):
+            targets.append(_chain(toks, j + 1)[0])
+        elif verb == "ALTER" and word == "RENAME" and j + 1 < n:  # moves it elsewhere
+            k = j + 2 if toks[j + 1][2] in ("TO", "AS") else j + 1
+            if toks[k - 1][2] not in ("COLUMN", "INDEX", "KEY", "CONSTRAINT") or k > j + 1:
+                targets.append(_chain(toks, k)[0])
+        elif word == "WITH" and j + 1 < n and toks[j + 1][2] == "TABLE":  # EXCHANGE PARTITION
+            targets.append(_chain(toks, j + 2)[0])
+        elif kind in _BODIES and word in _BODY_VERBS:  # a body writes when it runs
+            for reach in _table_reaches(toks[j:], backend, known):
+                if reach.name is not None:
+                    targets.append([("q", reach.name, ""), ("q", reach.table, "")])
+                else:
+                    targets.append([("q", None, ""), ("q", None, "")])
+    return targets
+
+
+def _refs(
+    toks: tuple[_Tok, ...], i: int, stops: frozenset[str], names: set[str]
+) -> tuple[list[list[_Tok]], int]:
+    """The tables of a MySQL table_references list from ``i`` to a stop word.
+
+    Adds every table's name and alias to ``names``; derived tables are only read.
+    """
+    n = len(toks)
+    tables: list[list[_Tok]] = []
+    expect = True
+    while i < n:
+        tok = toks[i]
+        if tok[2] in stops:
+            break
+        mark = tok[1]
+        if mark == "(":
+            if not expect or (i + 1 < n and toks[i + 1][2] in _SUBQUERY):
+                i = _skip_paren(toks, i)
+                expect = False
+                i = _note_alias(toks, i, names)
+            else:
+                i += 1  # nested references: (a JOIN b)
+        elif mark == "," or tok[2] in ("JOIN", "STRAIGHT_JOIN"):
+            expect = True
+            i += 1
+        elif expect and tok[0] in "wq":
+            parts, i = _chain(toks, i)
+            parts = [p for p in parts if p[1] != "*"]
+            tables.append(parts)
+            if parts:
+                names.add((parts[-1][1] or "").lower())
+            expect = False
+            i = _note_alias(toks, i, names)
+        else:
+            i += 1
+    return tables, i
+
+
+def _note_alias(toks: tuple[_Tok, ...], i: int, names: set[str]) -> int:
+    n = len(toks)
+    if i < n and toks[i][2] == "AS":
+        i += 1
+    if i < n and (toks[i][0] == "q" or (toks[i][0] == "w" and toks[i][2] not in _NOT_ALIAS)):
+        names.add((toks[i][1] or "").lower())
+        i += 1
+    return i
+
+
+def _qualified(parts: list[_Tok], kind: str, verb: str, backend: str) -> Reach | None:
+    parts = [p for p in parts if p[1] != "*"]
+    if len(parts) < 2:
+        return None
+    name = _fold(parts[0], backend)
+    if backend == "sqlite" and name is not None and name.lower() in ("main", "temp"):
+        return None
+    return Reach(kind, name, table=_fold(parts[1], backend), keyword=verb)
+
+
+def _grant_reaches(toks: tuple[_Tok, ...], backend: str) -> list[Reach]:
+    """MySQL ``GRANT ... ON [TABLE|FUNCTION|PROCEDURE] db.*|db.t|*.* TO ...``."""
+    n = len(toks)
+    i = 1
+    while i < n and toks[i][2] != "ON":
+        i = _skip_paren(toks, i) if toks[i][1] == "(" else i + 1
+    i += 1
+    while i < n and toks[i][2] in ("TABLE", "FUNCTION", "PROCEDURE"):
+        i += 1
+    if i >= n or toks[i][2] == "DATABASE":
+        return []  # PostgreSQL's ON DATABASE: _database_reaches
+    if toks[i][1] == "*":
+        if i + 2 < n and toks[i + 1][1] == "." and toks[i + 2][1] == "*":
+            return [Reach("unknown", None, keyword=f"{toks[0][2]} ON *.*")]
+        return []
+    parts = _chain(toks, i)[0]
+    if len(parts) < 2:
+        return []  # a table of the current database
+    table = None if parts[1][1] == "*" else _fold(parts[1], backend)
+    return [Reach("grant", _fold(parts[0], backend), table=table, keyword=toks[0][2])]
+
+
+def _calls(toks: tuple[_Tok, ...], backend: str) -> list[Reach | None]:
+    """``db.fn(...)`` anywhere in a write: a function of that database runs."""
+    out: list[Reach | None] = []
+    n = len(toks)
+    for i in range(1, n):
+        if toks[i][0] not in "wq" or toks[i - 1][1] == "." or toks[i - 1][2] == "CALL":
+            continue
+        parts, end = _chain(toks, i)
+        if (
+            len(parts) > 1
+            and end < n
+            and toks[end][1] == "("
+            and toks[i - 1][2] not in _BEFORE_TABLE
+        ):
+            out.append(_qualified(parts, "routine", toks[0][2], backend))
+    return out
+
+
+def _unattributed(
+    toks: tuple[_Tok, ...], i: int, names: set[str], reached: set[str]
+) -> list[Reach | None]:
+    """Qualified names after an UPDATE's or DELETE's tables that name no table there.
+
+    ``t.column`` names a table or alias of the statement, ``db.t.column`` a database
+    already reached; anything else may be another database: fail closed.
+    """
+    n = len(toks)
+    for j in range(i, n - 1):  # tables read by UPDATE ... FROM (SQLite, PostgreSQL)
+        if toks[j][2] in ("FROM", "JOIN") and j + 1 < n:
+            _refs(toks, j + 1, _REF_ENDS | {"SET", "ON"}, names)
+    out: list[Reach | None] = []
+    while i < n:
+        tok = toks[i]
+        if tok[1] == "(" and i + 1 < n and toks[i + 1][2] in _SUBQUERY:
+            i = _skip_paren(toks, i)  # a subquery reads
+            continue
+        if tok[0] not in "wq" or toks[i - 1][1] == ".":
+            i += 1
+            continue
+        parts, i = _chain(toks, i)
+        parts = [p for p in parts if p[1] != "*"]
+        first = (parts[0][1] or "").lower() if parts[0][1] is not None else None
+        if (len(parts) > 2 and first not in reached) or (len(parts) == 2 and first not in names):
+            out.append(Reach("unknown", parts[0][1], keyword=toks[0][2]))
+    return out
+
+
+# changes_stamp and lifts_read_only
+
+
+_STAMP_NAMES = frozenset({"safe_cleanup_stamp", "pg_db_role_setting"})
+_DYNAMIC = frozenset({"DO", "PREPARE", "EXECUTE", "CREATE", "CALL"})
+_READ_ONLY_VARIABLES = frozenset(
+    {
+        "default_transaction_read_only",
+        "transaction_read_only",
+        "tx_read_only",
+        "read_only",
+        "super_read_only",
+    }
+)
+_TRUE = frozenset({"on", "true", "yes", "1"})  # SQLite reads t, y and 256 as false
+
+
+def _changes_stamp(toks: tuple[_Tok, ...]) -> bool:
+    toks = _opening(toks)
+    if not toks:
+        return False
+    n = len(toks)
+    for kind, value, _ in toks:
+        if value is None or (kind in "wq" and value.lower() in _STAMP_NAMES):
+            return True
+    verb = toks[0][2]
+    if verb == "ALTER":
+        for j in range(1, n - 1):
+            if toks[j][2] in ("SET", "RESET"):
+                following = toks[j + 1]
+                if following[2] == "ALL" and toks[j][2] == "RESET":
+                    return True
+                if following[0] in "wq" and (following[1] or "").lower().startswith("safe_cleanup"):
+                    return True
+    if verb in _DYNAMIC:
+        for kind, value, _ in toks:
+            if kind in "sq" and "safe_cleanup" in (value or "").lower():
+                return True
+        if verb == "PREPARE" and n > 3 and toks[2][2] == "FROM" and toks[3][0] not in "sq":
+            return True  # MySQL PREPARE s FROM @q: a text nobody can read here
+        if verb == "EXECUTE" and n > 2 and toks[1][2] == "IMMEDIATE" and toks[2][0] not in "sq":
+            return True
+    return False
+
+
+def _lifts(toks: tuple[_Tok, ...]) -> bool:
+    toks = _opening(toks)
+    if not toks:
+        return False
+    n = len(toks)
+    verb = toks[0][2]
+    if any(tok[1] is None for tok in toks):
+        return True  # U&"..." names: fail closed
+    if verb in ("SET", "BEGIN", "START"):
+        for j in range(1, n - 1):
+            if toks[j][2] == "READ" and toks[j + 1][2] == "WRITE":
+                return True
+    if verb == "SET":
+        for j in range(1, n):
+            kind, value, _ = toks[j]
+            if kind in "wq" and (value or "").lower() in _READ_ONLY_VARIABLES:
+                k = j + 1
+                if k < n and toks[k][1] == ":":
+                    k += 1
+                assigned = k < n and (toks[k][1] == "=" or toks[k][2] == "TO")
+                if assigned and not _true(toks, k + 1, (",",)):
+                    return True
+    elif verb == "RESET" and n > 1:
+        if toks[1][2] == "ALL" or (toks[1][1] or "").lower() in _READ_ONLY_VARIABLES:
+            return True
+    elif verb == "DISCARD" and n > 1 and toks[1][2] == "ALL":
+        return True
+    elif verb == "PRAGMA":
+        parts, k = _chain(toks, 1)
+        if parts and (parts[-1][1] or "").lower() == "query_only" and k < n:
+            if toks[k][1] == "=":
+                return not _true(toks, k + 1, ())
+            if toks[k][1] == "(":
+                return not _true(toks, k + 1, (")",))
+    for j in range(n - 1):
+        kind, value, _ = toks[j]
+        if kind not in "wq":
+            continue
+        name = (value or "").lower()
+        if name == "pg_settings" and any(t[2] == "UPDATE" for t in toks):
+            return True
+        if name == "set_config" and toks[j + 1][1] == "(":
+            first = toks[j + 2] if j + 2 < n else ("p", ")", "")
+            if first[0] != "s" or j + 3 >= n or toks[j + 3][1] != ",":
+                return True  # a setting this module cannot name: fail closed
+            named = (first[1] or "").strip().lower() in _READ_ONLY_VARIABLES
+            if named and not _true(toks, j + 4, (",", ")")):
+                return True
+    return False
+
+
+def _true(toks: tuple[_Tok, ...], k: int, stops: tuple[str, ...]) -> bool:
+    """The value from ``k`` to a stop is plainly true: on, true, yes or 1, nothing else.
+
+    Servers differ on the rest (SQLite reads ``t``, ``' 1'`` and ``256`` as false).
+    """
+    value: list[_Tok] = []
+    while k < len(toks) and toks[k][1] not in stops and toks[k][2] != "FOR":
+        value.append(toks[k])
+        k += 1
+    if len(value) != 1 or value[0][1] is None:
+        return False  # an expression, a variable, DEFAULT ...: cannot tell
+    return value[0][1].lower() in _TRUE
