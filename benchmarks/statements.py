@@ -2,7 +2,10 @@
 
 1. ``statements.classify`` over a realistic mix of statements, cold (every text new,
    so the cache never hits: a counter in a leading comment) and warm (the same texts
-   again, as SQLAlchemy sends its cached compiled strings).
+   again, as SQLAlchemy sends its cached compiled strings); then ``reaches`` (for
+   MySQL, whose ``db.table`` is another database), ``changes_stamp`` and
+   ``lifts_read_only`` the same way, over the whole mix and over its reads alone
+   (a read must cost what ``classify`` costs once warm).
 2. The watch on a real SQLite engine: ``SELECT 1`` executed 20,000 times with no
    watch, with the plugin's Guardian installed, and with the engine watched during a
    test (every statement classified). Prints microseconds per statement and ratios.
@@ -15,13 +18,14 @@ from __future__ import annotations
 import itertools
 import time
 import timeit
+from collections.abc import Callable
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from pytest_safe_cleanup.runner import Guardian
 from pytest_safe_cleanup.settings import resolve
-from pytest_safe_cleanup.statements import classify
+from pytest_safe_cleanup.statements import changes_stamp, classify, lifts_read_only, reaches
 
 MIX = [
     "SELECT users.id, users.email, users.account_id FROM users WHERE users.id = %(pk_1)s",
@@ -37,6 +41,8 @@ MIX = [
     "SAVEPOINT sa_savepoint_1",
     "COMMIT",
     "SET search_path TO app, public",
+    "INSERT INTO other_db.audit (event) VALUES (%(event)s)",
+    "SET SESSION TRANSACTION READ WRITE",
 ]
 ROUNDS = 20_000
 QUERIES = 20_000
@@ -46,26 +52,43 @@ def per_statement_us(seconds: float, statements: int) -> float:
     return seconds / statements * 1e6
 
 
-def bench_classify() -> None:
+def bench(name: str, function: Callable[[str], object], mix: list[str]) -> None:
+    """Print ``function``'s cost per statement over ``mix``, cold and warm."""
     counter = itertools.count()
-    cold_texts = (f"/* {next(counter)} */ {sql}" for sql in itertools.cycle(MIX))
+    cold_texts = (f"/* {next(counter)} */ {sql}" for sql in itertools.cycle(mix))
 
     def cold() -> None:
-        classify(next(cold_texts))
+        function(next(cold_texts))
 
     def warm() -> None:
-        for sql in MIX:
-            classify(sql)
+        for sql in mix:
+            function(sql)
 
     warm()  # fill the cache
     cold_s = min(timeit.repeat(cold, number=ROUNDS, repeat=3))
-    warm_s = min(timeit.repeat(warm, number=ROUNDS // len(MIX), repeat=3))
-    warm_n = ROUNDS // len(MIX) * len(MIX)
+    warm_s = min(timeit.repeat(warm, number=ROUNDS // len(mix), repeat=3))
+    warm_n = ROUNDS // len(mix) * len(mix)
     for label, us in (
-        ("classify, cold (distinct texts)", per_statement_us(cold_s, ROUNDS)),
-        ("classify, warm (repeated texts)", per_statement_us(warm_s, warm_n)),
+        (f"{name}, cold (distinct texts)", per_statement_us(cold_s, ROUNDS)),
+        (f"{name}, warm (repeated texts)", per_statement_us(warm_s, warm_n)),
     ):
-        print(f"{label + ':':<46}{us:8.2f} us/statement")
+        print(f"{label + ':':<54}{us:8.2f} us/statement")
+
+
+def bench_classify() -> None:
+    reads = [sql for sql in MIX if not classify(sql).writes]
+
+    def reaches_mysql(sql: str) -> object:
+        return reaches(sql, "mysql")
+
+    for name, function in (
+        ("classify", classify),
+        ("reaches", reaches_mysql),
+        ("changes_stamp", changes_stamp),
+        ("lifts_read_only", lifts_read_only),
+    ):
+        bench(name, function, MIX)
+        bench(f"{name}, reads only", function, reads)
 
 
 def run_queries(engine: Engine) -> float:
@@ -110,7 +133,7 @@ def bench_watch() -> None:
         us = per_statement_us(seconds, QUERIES)
         extra = per_statement_us(seconds - base, QUERIES)
         print(
-            f"{'SELECT 1 on SQLite, ' + label + ':':<46}{us:8.2f} us/statement "
+            f"{'SELECT 1 on SQLite, ' + label + ':':<54}{us:8.2f} us/statement "
             f"(+{extra:.2f} us, x{seconds / base:.2f})"
         )
 

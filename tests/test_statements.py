@@ -349,6 +349,22 @@ REACH_CASES = [
         ["table:prod.items"],
     ),
     ("LOAD DATA INFILE 'x.csv' INTO TABLE prod.items", MY, ["table:prod.items"]),
+    (
+        "CREATE TRIGGER tr AFTER DELETE ON items FOR EACH ROW CALL prod.audit()",
+        MY,
+        ["routine:prod.audit"],
+    ),
+    ("CREATE PROCEDURE p() BEGIN SELECT 1; DELETE FROM prod.items; END", MY, ["table:prod.items"]),
+    # what SQLAlchemy and triggers send is no reach
+    ("UPDATE items SET price = 1.5 WHERE id = 2", MY, []),
+    ("UPDATE `items` SET `price`=%(price)s WHERE `items`.`id` = %(items_id)s", MY, []),
+    ("DELETE FROM app.items WHERE app.items.id = %(id_1)s", MY, ["table:app.items"]),
+    (
+        "CREATE TRIGGER tr BEFORE UPDATE ON items FOR EACH ROW "
+        "UPDATE log SET v = NEW.v WHERE id = OLD.id",
+        MY,
+        [],
+    ),
     ("ANALYZE DELETE FROM prod.items", "mariadb", ["table:prod.items"]),  # it runs
     # a backend these rules do not know gets every rule
     ("DROP SCHEMA prod", "mssql", ["drop:prod"]),

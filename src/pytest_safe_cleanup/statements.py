@@ -281,12 +281,12 @@ def shorten(sql: str, limit: int = 120) -> str:
 # a text pays for that: every answer is cached per distinct text, like ``classify``.
 
 #: a token: (kind, value, upper-cased value of a bare word, else ""); kind is "w" a
-#: bare word or number, "q" a quoted name, "s" a string, "p" one punctuation mark.
+#: bare word, "n" a number, "q" a quoted name, "s" a string, "p" one punctuation mark.
 #: value None: a quoted text this module does not decode (PostgreSQL ``U&"..."``).
 _Tok = tuple[str, str | None, str]
 _Statements = tuple[tuple[_Tok, ...], ...]
 
-_PLAIN = re.compile(r"([\w$]+)|\S")
+_PLAIN = re.compile(r"(\d[\d.]*(?:[eE][-+]?\d+)?(?![\w$]))|([\w$]+)|\S")
 _BACKSLASH_SQ = re.compile(r"\\(.)|''", re.DOTALL)
 _BACKSLASH_DQ = re.compile(r'\\(.)|""', re.DOTALL)
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "b": "\b", "f": "\f", "Z": "\x1a"}
@@ -450,8 +450,10 @@ def _tokens(sql: str, reading: _Reading) -> _Statements:
         if mysql and "*/" in text:
             text = text.replace("*/", " ")
         for match in _PLAIN.finditer(text):
-            word = match.group(1)
-            if word is not None:
+            number, word = match.group(1, 2)
+            if number is not None:  # 1.5 is no db.table
+                out.append(("n", number, ""))
+            elif word is not None:
                 out.append(("w", word, word.upper()))
             elif match.group(0) == ";":
                 out = []
@@ -620,7 +622,9 @@ _TABLE_OBJECTS = frozenset(
     {"TABLE", "TABLES", "VIEW", "TRIGGER", "PROCEDURE", "FUNCTION", "EVENT", "SEQUENCE", "INDEX"}
 )
 _BODIES = frozenset({"TRIGGER", "PROCEDURE", "FUNCTION", "EVENT"})
-_BODY_VERBS = frozenset({"INSERT", "REPLACE", "UPDATE", "DELETE", "TRUNCATE", "DROP", "ALTER"})
+_BODY_VERBS = frozenset(
+    {"INSERT", "REPLACE", "UPDATE", "DELETE", "TRUNCATE", "DROP", "ALTER", "CALL"}
+)
 _MODIFIERS = frozenset(
     {"LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE", "QUICK", "INTO", "TABLE"}
 )
@@ -847,6 +851,7 @@ def _table_reaches(toks: tuple[_Tok, ...], backend: str, known: frozenset[str]) 
     n = len(toks)
     verb = toks[0][2]
     targets: list[list[_Tok]] = []
+    body: list[Reach] = []
     names = set(known)  # what ``x`` in ``x.column`` may be: tables, aliases
     check = n  # where qualified names that are neither targets nor columns start
     if verb in ("INSERT", "REPLACE", "TRUNCATE"):
@@ -871,7 +876,7 @@ def _table_reaches(toks: tuple[_Tok, ...], backend: str, known: frozenset[str]) 
                 targets += tables
         check = i
     elif verb in ("DROP", "ALTER", "CREATE"):
-        targets += _object_targets(toks, backend, known)
+        targets += _object_targets(toks, backend, known, body)
     elif verb == "RENAME":
         i = 2
         while i < n:
@@ -886,7 +891,8 @@ def _table_reaches(toks: tuple[_Tok, ...], backend: str, known: frozenset[str]) 
                 break
     elif verb in ("GRANT", "REVOKE") and backend != "sqlite":
         return _grant_reaches(toks, backend)
-    out = [_qualified(parts, "table", verb, backend) for parts in targets]
+    out: list[Reach | None] = [_qualified(parts, "table", verb, backend) for parts in targets]
+    out += body
     if verb == "CALL":
         out.append(_qualified(_chain(toks, 1)[0], "routine", verb, backend))
     if backend != "sqlite":
@@ -897,9 +903,12 @@ def _table_reaches(toks: tuple[_Tok, ...], backend: str, known: frozenset[str]) 
 
 
 def _object_targets(
-    toks: tuple[_Tok, ...], backend: str, known: frozenset[str]
+    toks: tuple[_Tok, ...], backend: str, known: frozenset[str], body: list[Reach]
 ) -> list[list[_Tok]]:
-    """``DROP|ALTER|CREATE`` of a table, view, index, trigger or routine, and bodies."""
+    """``DROP|ALTER|CREATE`` of a table, view, index, trigger or routine.
+
+    What a trigger's or routine's body writes when it runs goes to ``body``.
+    """
     n = len(toks)
     verb = toks[0][2]
     i = 1
@@ -924,16 +933,12 @@ def _object_targets(
             targets.append(_chain(toks, j + 1)[0])
         elif verb == "ALTER" and word == "RENAME" and j + 1 < n:  # moves it elsewhere
             k = j + 2 if toks[j + 1][2] in ("TO", "AS") else j + 1
-            if toks[k - 1][2] not in ("COLUMN", "INDEX", "KEY", "CONSTRAINT") or k > j + 1:
+            if toks[j + 1][2] not in ("COLUMN", "INDEX", "KEY", "CONSTRAINT"):
                 targets.append(_chain(toks, k)[0])
         elif word == "WITH" and j + 1 < n and toks[j + 1][2] == "TABLE":  # EXCHANGE PARTITION
             targets.append(_chain(toks, j + 2)[0])
         elif kind in _BODIES and word in _BODY_VERBS:  # a body writes when it runs
-            for reach in _table_reaches(toks[j:], backend, known):
-                if reach.name is not None:
-                    targets.append([("q", reach.name, ""), ("q", reach.table, "")])
-                else:
-                    targets.append([("q", None, ""), ("q", None, "")])
+            body += _table_reaches(toks[j:], backend, known | {"new", "old"})
     return targets
 
 
