@@ -269,6 +269,24 @@ REACH_CASES = [
     ('DROP DATABASE U&"pr\\006fd"', PG, ["drop:?"]),
     ("SELECT dblink_exec('dbname=prod', 'DELETE FROM items')", PG, ["unknown:?"]),
     ("SELECT public.dblink('dbname=prod', 'SELECT 1')", PG, ["unknown:?"]),
+    # tried around it: a DO block or a function runs text; a subscription, a foreign
+    # server or a shell reach another database by a connection string
+    ("DO $$ BEGIN EXECUTE 'ALTER DATABASE prod OWNER TO x'; END $$", PG, ["alter:prod"]),
+    ("DO $$ BEGIN ALTER DATABASE prod OWNER TO x; END $$", PG, ["alter:prod"]),
+    ("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I OWNER TO x', 'prod'); END $$", PG, ["alter:?"]),
+    ("DO $$ BEGIN PERFORM dblink_exec('dbname=prod', 'DELETE FROM t'); END $$", PG, ["unknown:?"]),
+    (
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT dblink_exec('x', 'y') $$",
+        PG,
+        ["unknown:?"],
+    ),
+    ("CREATE SUBSCRIPTION s CONNECTION 'dbname=prod' PUBLICATION p", PG, ["unknown:?"]),
+    (
+        "CREATE SERVER prod FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'prod')",
+        PG,
+        ["unknown:?"],
+    ),
+    ("COPY (SELECT 1) TO PROGRAM 'psql -d prod -c \"DROP TABLE t\"'", PG, ["unknown:?"]),
     # SQLite: ATTACH names a file; a name SQLite reads as a file name counts
     ("ATTACH DATABASE 'prod.db' AS p", LITE, ["attach:prod.db as p"]),
     ("attach 'it''s.db' as p", LITE, ["attach:it's.db as p"]),
@@ -355,7 +373,19 @@ REACH_CASES = [
         ["routine:prod.audit"],
     ),
     ("CREATE PROCEDURE p() BEGIN SELECT 1; DELETE FROM prod.items; END", MY, ["table:prod.items"]),
+    ("CREATE EVENT e ON SCHEDULE AT NOW() DO DROP DATABASE prod", MY, ["drop:prod"]),
+    (
+        "CREATE PROCEDURE p() BEGIN PREPARE s FROM 'DELETE FROM prod.items'; END",
+        MY,
+        ["table:prod.items"],
+    ),
+    ("SELECT prod.purge()", MY, ["routine:prod.purge"]),  # a read that runs a routine
+    ("CREATE TRIGGER tr AFTER INSERT ON t BEGIN DELETE FROM p.items; END", LITE, ["table:p.items"]),
     # what SQLAlchemy and triggers send is no reach
+    ("SELECT count(users.id) FROM users", MY, []),
+    ("SELECT JSON_EXTRACT(t.doc, '$.a') FROM t", MY, []),
+    ("INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE a = VALUES(a)", MY, []),
+    ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = excluded.a", LITE, []),
     ("UPDATE items SET price = 1.5 WHERE id = 2", MY, []),
     ("UPDATE `items` SET `price`=%(price)s WHERE `items`.`id` = %(items_id)s", MY, []),
     ("DELETE FROM app.items WHERE app.items.id = %(id_1)s", MY, ["table:app.items"]),
@@ -430,6 +460,8 @@ STAMP_CASES = [
     ("PREPARE s FROM @q", True),
     ("DO $$ BEGIN EXECUTE 'DELETE FROM safe_cleanup_stamp'; END $$", True),
     ('DELETE FROM U&"safe\\005fcleanup_stamp"', True),
+    ("CREATE VIEW v AS SELECT * FROM safe_cleanup_stamp", True),  # then DELETE FROM v
+    ("UPDATE sqlite_master SET sql = 'x' WHERE name = 'safe_cleanup_stamp'", True),
     # not a change
     ("SELECT environment FROM safe_cleanup_stamp", False),
     ("SELECT 'DELETE FROM safe_cleanup_stamp'", False),

@@ -374,14 +374,21 @@ def lifts_read_only(statement: str) -> bool:
     return any(_lifts(toks) for toks in _all_statements(statement))
 
 
-_MAYBE_REACH = re.compile(r"(?<![A-Za-z_$])(?:USE|ATTACH|DETACH)(?![\w$])|DBLINK", re.IGNORECASE)
+_MAYBE_REACH = re.compile(
+    r"(?<![A-Za-z_$])(?:USE|ATTACH|DETACH)(?![\w$])|DBLINK|PROGRAM", re.IGNORECASE
+)
+_QUALIFIED_CALL = re.compile(r"[\w$`\"]\s*\.\s*[\w$`\"]+\s*\(")  # MySQL: db.fn( in a read
 _MAYBE_LIFT = re.compile(
     r"read_only|write|reset|discard|query_only|set_config|pg_settings|u&", re.IGNORECASE
 )
 
 
 def _reaches(statement: str, backend: str) -> tuple[Reach, ...]:
-    if not classify(statement).writes and _MAYBE_REACH.search(statement) is None:
+    if (
+        not classify(statement).writes
+        and _MAYBE_REACH.search(statement) is None
+        and (backend not in ("mysql", "") or _QUALIFIED_CALL.search(statement) is None)
+    ):
         return ()
     found: dict[Reach, None] = {}
     for toks in _all_statements(statement, backend):
@@ -623,8 +630,26 @@ _TABLE_OBJECTS = frozenset(
 )
 _BODIES = frozenset({"TRIGGER", "PROCEDURE", "FUNCTION", "EVENT"})
 _BODY_VERBS = frozenset(
-    {"INSERT", "REPLACE", "UPDATE", "DELETE", "TRUNCATE", "DROP", "ALTER", "CALL"}
+    {
+        "INSERT",
+        "REPLACE",
+        "UPDATE",
+        "DELETE",
+        "TRUNCATE",
+        "DROP",
+        "ALTER",
+        "CREATE",
+        "RENAME",
+        "GRANT",
+        "REVOKE",
+        "CALL",
+        "PREPARE",
+        "EXECUTE",
+        "COMMENT",
+    }
 )
+_BODY_NAMES = frozenset({"new", "old", "excluded"})  # rows a trigger or an upsert names
+_ROUTINES = frozenset({"FUNCTION", "PROCEDURE"})
 _MODIFIERS = frozenset(
     {"LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE", "QUICK", "INTO", "TABLE"}
 )
@@ -730,18 +755,62 @@ def _reach_one(toks: tuple[_Tok, ...], backend: str, known: frozenset[str]) -> l
     if lite and verb in ("ATTACH", "DETACH"):
         out.append(_attach(toks, backend))
     if pg:
-        for i, tok in enumerate(toks):  # dblink connects to another database
-            value = tok[1]
-            if (
-                tok[0] in "wq"
-                and value
-                and value.lower().startswith("dblink")
-                and i + 1 < len(toks)
-                and toks[i + 1][1] == "("
-            ):
-                out.append(Reach("unknown", None, keyword=value))
+        out += _pg_elsewhere(toks, backend)
     if (my or lite) and verb in _TABLE_VERBS:
         out += _table_reaches(toks, backend, known)
+    elif my:
+        out += [r for r in _calls(toks, backend) if r is not None]
+    return out
+
+
+def _pg_elsewhere(toks: tuple[_Tok, ...], backend: str) -> list[Reach]:
+    """PostgreSQL's other ways to another database.
+
+    dblink, subscriptions, foreign servers, a shell (COPY ... PROGRAM), and what a DO
+    block or a function body runs (every string in it is read as SQL: fail closed).
+    """
+    n = len(toks)
+    verb = toks[0][2]
+    out: list[Reach] = []
+    for i, tok in enumerate(toks):
+        value = tok[1]
+        if (
+            tok[0] in "wq"
+            and value
+            and value.lower().startswith("dblink")
+            and i + 1 < n
+            and toks[i + 1][1] == "("
+        ):
+            out.append(Reach("unknown", None, keyword=value))
+    if verb in ("CREATE", "ALTER") and n > 1 and toks[1][2] in ("SUBSCRIPTION", "SERVER"):
+        out.append(Reach("unknown", None, keyword=f"{verb} {toks[1][2]}"))
+    if verb == "COPY" and any(t[2] == "PROGRAM" for t in toks):
+        out.append(Reach("unknown", None, keyword="COPY PROGRAM"))
+    if verb == "DO" or (verb == "CREATE" and any(t[2] in _ROUTINES for t in toks[1:8])):
+        for kind, value, _ in toks:
+            if kind == "s" and value:
+                out += _nested_reaches(value, backend, 0)
+    return out
+
+
+def _nested_reaches(text: str, backend: str, depth: int) -> list[Reach]:
+    """What a body's text reaches: its statements, those nested in it, its strings."""
+    found = list(reaches(text, backend))
+    for toks in _all_statements(text, backend):
+        found += _body(toks, 1, backend, _BODY_NAMES)
+        if depth < 2:
+            for kind, value, _ in toks:
+                if kind == "s" and value:
+                    found += _nested_reaches(value, backend, depth + 1)
+    return found
+
+
+def _body(toks: tuple[_Tok, ...], start: int, backend: str, known: frozenset[str]) -> list[Reach]:
+    """What the statements inside a body (``BEGIN ... END``, a trigger's action) reach."""
+    out: list[Reach] = []
+    for j in range(max(start, 1), len(toks)):
+        if toks[j][2] in _BODY_VERBS:
+            out += _reach_one(toks[j:], backend, known)
     return out
 
 
@@ -938,7 +1007,7 @@ def _object_targets(
         elif word == "WITH" and j + 1 < n and toks[j + 1][2] == "TABLE":  # EXCHANGE PARTITION
             targets.append(_chain(toks, j + 2)[0])
         elif kind in _BODIES and word in _BODY_VERBS:  # a body writes when it runs
-            body += _table_reaches(toks[j:], backend, known | {"new", "old"})
+            body += _reach_one(toks[j:], backend, known | _BODY_NAMES)
     return targets
 
 
@@ -1072,7 +1141,9 @@ def _unattributed(
 # changes_stamp and lifts_read_only
 
 
-_STAMP_NAMES = frozenset({"safe_cleanup_stamp", "pg_db_role_setting"})
+_STAMP_NAMES = frozenset(
+    {"safe_cleanup_stamp", "pg_db_role_setting", "sqlite_master", "sqlite_schema"}
+)
 _DYNAMIC = frozenset({"DO", "PREPARE", "EXECUTE", "CREATE", "CALL"})
 _READ_ONLY_VARIABLES = frozenset(
     {
