@@ -212,9 +212,9 @@ def test_unguarded_deletes(pytester: pytest.Pytester, pg_url: str, unguarded: st
     if unguarded == "warn":
         result.assert_outcomes(passed=4, warnings=2)
         result.stdout.fnmatch_lines([
-            "*UnguardedStatementWarning: test_u.py::test_plugin_engine: DELETE sent outside "
-            "safe_cleanup (no guard, count or backup): DELETE FROM t WHERE id = 1; "
-            "register it with safe_cleanup.delete() instead",
+            "*/test_u.py:6: UnguardedStatementWarning: test_u.py::test_plugin_engine: DELETE "
+            "sent outside safe_cleanup (no guard, count or backup) at test_u.py:6: "
+            "DELETE FROM t WHERE id = 1; register it with safe_cleanup.delete() instead",
             "*UnguardedStatementWarning: test_u.py::test_plugin_engine_with_fixture: TRUNCATE "
             "sent outside safe_cleanup*: TRUNCATE scratch;*",
         ])

@@ -6,10 +6,12 @@ one calls; here we only translate between pytest and them.
 
 from __future__ import annotations
 
+import fnmatch
+import importlib.abc
 import itertools
 import os
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -126,6 +128,14 @@ class State:
         self._engine: Engine | None = None
         self.watching = False
         self.session: pytest.Session | None = None
+        self.import_hook: SQLAlchemyImportHook | None = None
+
+    def adopt_worker_input(self) -> None:
+        """An xdist worker learns the controller's run id only after its early hooks ran."""
+        run_id = getattr(self.config, "workerinput", {}).get(RUN_ID_KEY)
+        if run_id and not self.settings.run_id and run_id != self.run_id:
+            self.run_id = run_id
+            self.report.run_id = run_id
 
     @cached_property
     def guardian(self) -> Guardian:
@@ -133,6 +143,7 @@ class State:
         from .runner import Guardian, target_info
 
         guardian = Guardian(self.settings)
+        guardian.is_test_file = self.is_test_file
         guardian.on_verdict = lambda t, v: self.report.add_target(t.key, target_info(t, v))
         guardian.on_block = self._stop_session
         guardian.on_use = lambda t: self.report.use_target(t.key)
@@ -164,11 +175,22 @@ class State:
             store=self.store,
         )
 
+    def is_test_file(self, path: str) -> bool:
+        """Test code: a test module (python_files), a conftest, or a file in a tests folder."""
+        folder, name = os.path.split(path)
+        if name == "conftest.py" or any(
+            fnmatch.fnmatch(name, pattern) for pattern in self.config.getini("python_files")
+        ):
+            return True
+        return bool(TEST_FOLDERS.intersection(Path(folder).parts))
+
     def ensure_watch(self) -> None:
         """Watch every SQLAlchemy engine from now on; called once a database is in play."""
         if self.watching:
             return
         self.watching = True
+        if self.import_hook is not None:
+            self.import_hook.remove()
         self.guardian.install()
         self.config.pluginmanager.register(DatabaseHooks(self), "safe_cleanup_database_hooks")
 
@@ -222,6 +244,59 @@ class State:
             self._engine.dispose()
         if self.watching:
             self.guardian.uninstall()
+        if self.import_hook is not None:
+            self.import_hook.remove()
+
+
+TEST_FOLDERS = frozenset({"tests", "test", "testing"})
+
+
+class SQLAlchemyImportHook(importlib.abc.MetaPathFinder):
+    """Calls back once the ``sqlalchemy`` package has been imported, by anyone.
+
+    It finds nothing itself: for ``sqlalchemy`` it asks the other finders for the real
+    spec and wraps its loader, so the callback runs right after the package's own code.
+    """
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+    def remove(self) -> None:
+        """Stop looking (the watch is installed, or the session ends)."""
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        """The real spec of ``sqlalchemy`` with a loader that calls back; None otherwise."""
+        if fullname != "sqlalchemy":
+            return None
+        self.remove()
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _CallbackLoader(spec.loader, self.callback)
+        return spec
+
+
+class _CallbackLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, callback: Callable[[], None]) -> None:
+        self.loader = loader
+        self.callback = callback
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        module.__loader__ = self.loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.callback()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
 
 
 class DatabaseHooks:
@@ -285,15 +360,16 @@ report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
 options_key = pytest.StashKey[tuple[frozenset[str], dict[str, Any]]]()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pooled: bool = True) -> Engine:
     """An engine for a URL, with a one-line error for a missing driver."""
     from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
 
     from .target import TargetError, first_line
 
     try:
-        return create_engine(url)
+        return create_engine(url) if pooled else create_engine(url, poolclass=NullPool)
     except ModuleNotFoundError as exc:
         extra = "mysql" if "mysql" in url.split(":", 1)[0] else "postgres"
         raise TargetError(
@@ -317,34 +393,58 @@ def _ini(config: pytest.Config) -> dict[str, Any]:
     return {key: config.getini(key) for key in INI_HELP}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER_DOC)
-    cli = {
-        dest: config.getoption(dest)
-        for dest in (
-            "safe_cleanup",
-            "safe_cleanup_url",
-            "safe_cleanup_report",
-            "safe_cleanup_backup_dir",
-        )
-    }
+def _cli(config: pytest.Config) -> dict[str, Any]:
+    """The plugin's command-line values; before pytest_configure only the known args exist."""
+    namespace = getattr(config, "known_args_namespace", None) or config.option
+    return {dest: getattr(namespace, dest, None) for dest in CLI_DESTS}
+
+
+CLI_DESTS = ("safe_cleanup", "safe_cleanup_url", "safe_cleanup_report", "safe_cleanup_backup_dir")
+
+
+def _start(config: pytest.Config) -> State:
+    """Resolve settings, refuse a blocked environment, and start the watch.
+
+    Runs before any conftest file or test module is imported (pytest_load_initial_conftests),
+    so user code that connects at import time meets the guard like any other.
+    """
+    known = config.stash.get(state_key, None)
+    if known is not None:
+        return known
     try:
-        settings = resolve(cli, os.environ, _ini(config))
+        settings = resolve(_cli(config), os.environ, _ini(config))
     except SettingsError as exc:
         raise pytest.UsageError(f"safe-cleanup: {exc}") from None
-    state = State(config, settings)
-    config.stash[state_key] = state
     refusal = environment_refusal(read_environment(settings.env_vars, os.environ), settings)
     if refusal:
         raise pytest.UsageError(f"safe-cleanup: {refusal}")
+    state = State(config, settings)
+    config.stash[state_key] = state
     if "sqlalchemy" in sys.modules:
         state.ensure_watch()
-    if settings.keep == "failed":
+    else:
+        # A suite that never imports SQLAlchemy pays nothing: the watch starts when
+        # something first imports it (a conftest's module-level create_engine included).
+        state.import_hook = SQLAlchemyImportHook(state.ensure_watch)
+        sys.meta_path.insert(0, state.import_hook)
+    if settings.url is not None:
+        _check_start_target(state, settings.url)
+    return state
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    _start(early_config)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_DOC)
+    state = _start(config)
+    state.adopt_worker_input()
+    if state.settings.keep == "failed":
         config.pluginmanager.register(FailureTracker(), "safe_cleanup_failures")
     if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
         config.pluginmanager.register(XdistController(state), "safe_cleanup_xdist")
-    if settings.url is not None:
-        _check_start_target(state, settings.url)
 
 
 def _check_start_target(state: State, url: str) -> None:
@@ -587,8 +687,11 @@ def disposable_postgres(pytestconfig: pytest.Config) -> Iterator[DisposableDatab
         if os.environ.get("SAFE_CLEANUP_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"{message} (SAFE_CLEANUP_REQUIRE_POSTGRES=1)", pytrace=False)
         pytest.skip(message)
-    state.guardian.mark_disposable(database.url)
-    state.guardian.mark_disposable(database.async_url)
+    marker = make_engine(database.url, pooled=False)
+    try:
+        state.guardian.mark_disposable(marker)
+    finally:
+        marker.dispose()
     state.report.notes.append(f"disposable_postgres: {database.detail} ({why})")
     try:
         yield database
@@ -703,7 +806,6 @@ def _guard_async_engine(state: State, engine: Any) -> None:
     __tracebackhide__ = True
     from .plan import is_async_engine
     from .runner import Blocked
-    from .target import target_key
 
     if not is_async_engine(engine):
         pytest.fail(
@@ -711,9 +813,12 @@ def _guard_async_engine(state: State, engine: Any) -> None:
             pytrace=False,
         )
     state.guardian.watch(engine.sync_engine)
-    known = state.guardian.verdicts.get(target_key(engine.url))
-    if known is not None and known[1].level is Level.BLOCK:
-        pytest.fail(str(Blocked(*known)), pytrace=False)
+    # Its database is judged when it first connects (in the test's loop); what the URL
+    # alone already says is refused here.
+    target = state.guardian.target(engine.url)
+    verdict = state.guardian.static_verdict(target)
+    if verdict.level is Level.BLOCK:
+        pytest.fail(str(Blocked(target, verdict)), pytrace=False)
 
 
 @pytest.hookimpl(trylast=True)

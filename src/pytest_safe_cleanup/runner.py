@@ -1,31 +1,22 @@
 """The pipeline of one teardown: plan -> verdict -> intent -> executor -> outcomes.
 
-``Guardian`` holds the session's verdicts (one per target) and watches every
-SQLAlchemy engine in the process: an engine's first connection to a target that
-the guard blocks is refused, and every later statement that writes to it is
-stopped before it reaches the database, wherever the engine came from.
-``Conductor`` runs a test's registrations through the layers in order. Neither
-imports pytest: the plugin hands them what they need.
+``Conductor`` runs a test's registrations through the layers in order, with the
+verdicts that ``watch.Guardian`` keeps for every database a connection reached. It
+does not import pytest: the plugin hands it what it needs.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
-from weakref import WeakKeyDictionary, WeakSet
 
-from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import executor
 from .backup import BackupError, BackupStore, dump_database
-from .guard import Level, Reason, Verdict, evaluate, read_environment
+from .guard import Level, Verdict
 from .intent import IntentBook
 from .plan import (
     AnyEngine,
@@ -37,47 +28,10 @@ from .plan import (
 )
 from .report import Outcome, Report, TargetInfo
 from .settings import Settings
-from .stamp import read_stamp
-from .statements import classify, shorten
-from .target import Target, first_line, from_url, target_key
+from .target import Target, first_line, reached_url
+from .watch import Blocked, Guardian, WriteRefused
 
-
-class Blocked(RuntimeError):
-    """A BLOCK verdict: the target is refused; nothing was sent to it."""
-
-    def __init__(self, target: Target, verdict: Verdict) -> None:
-        self.target = target
-        self.verdict = verdict
-        super().__init__(
-            f"safe-cleanup refused {target.masked_url}: BLOCK: {verdict.explain()} "
-            "(no flag, marker or mode overrides a BLOCK)"
-        )
-
-
-class WriteRefused(RuntimeError):
-    """A statement that writes to a BLOCK target, stopped before it was sent."""
-
-
-class UnguardedStatement(RuntimeError):
-    """A DELETE, TRUNCATE or DROP that bypassed the plugin (safe_cleanup_unguarded = error)."""
-
-
-class UnguardedStatementWarning(UserWarning):
-    """A DELETE, TRUNCATE or DROP that bypassed the plugin (safe_cleanup_unguarded = warn)."""
-
-
-_INTERNAL = (os.sep + "sqlalchemy" + os.sep, os.path.dirname(__file__) + os.sep)
-
-
-def _caller_level() -> int:
-    """The stack level of the first frame outside SQLAlchemy and this package.
-
-    So a warning points at the user's line that sent the statement.
-    """
-    frame, level = sys._getframe(1), 1
-    while frame is not None and any(part in frame.f_code.co_filename for part in _INTERNAL):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level
+__all__ = ["Blocked", "Conductor", "Guardian", "TestContext", "WriteRefused"]
 
 
 def _dbapi_error(engine: AnyEngine) -> type[Exception]:
@@ -85,164 +39,6 @@ def _dbapi_error(engine: AnyEngine) -> type[Exception]:
     dbapi = getattr(sync_engine_of(engine).dialect, "loaded_dbapi", None)
     error = getattr(dbapi, "Error", None)
     return error if isinstance(error, type) and issubclass(error, Exception) else SQLAlchemyError
-
-
-class Guardian:
-    """Verdicts computed once per target per session, and the watch on connections."""
-
-    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
-        self.settings = settings
-        self.environ = dict(os.environ if environ is None else environ)
-        self.environment = read_environment(settings.env_vars, self.environ)
-        self.disposable: set[str] = set()
-        self.verdicts: dict[str, tuple[Target, Verdict]] = {}
-        self.on_verdict: Callable[[Target, Verdict], None] | None = None
-        self.on_block: Callable[[Blocked], None] | None = None
-        self.on_use: Callable[[Target], None] | None = None
-        #: the nodeid of the test whose body runs now, None between tests
-        self.current_test: str | None = None
-        self._engines: WeakKeyDictionary[Engine, tuple[Target, Verdict]] = WeakKeyDictionary()
-        self._refused: WeakSet[Engine] = WeakSet()
-        self._watched: WeakSet[Engine] = WeakSet()
-        self._reported: set[tuple[str, str]] = set()
-        self._installed = False
-
-    # -- pure parts ----------------------------------------------------------
-    def target(self, url: object) -> Target:
-        """A Target for a URL, marked disposable when a provider made it."""
-        target = from_url(url, self.settings.allowed_hosts, self.environ)  # type: ignore[arg-type]
-        return replace(target, disposable=True) if target.key in self.disposable else target
-
-    def static_verdict(self, target: Target) -> Verdict:
-        """Environment, host and name rules: everything known without connecting."""
-        return evaluate(self.environment, target, None, self.settings)
-
-    def mark_disposable(self, url: object) -> None:
-        """A provider made this database in this run."""
-        key = self.target(url).key
-        self.disposable.add(key)
-        self.verdicts.pop(key, None)
-
-    # -- verdicts from a live connection --------------------------------------
-    def verdict_for(self, conn: Connection) -> tuple[Target, Verdict]:
-        """The cached verdict of the connection's target, reading its stamp the first time."""
-        key = target_key(conn.engine.url)
-        cached = self.verdicts.get(key)
-        if cached is not None:
-            return cached
-        target = self.target(conn.engine.url)
-        try:
-            stamp = read_stamp(conn)
-            verdict = evaluate(self.environment, target, stamp, self.settings)
-        except SQLAlchemyError as exc:
-            base = self.static_verdict(target)
-            reason = Reason(
-                Level.CONFIRM, "stamp", f"the stamp could not be read: {first_line(exc)}"
-            )
-            verdict = Verdict(max(base.level, Level.CONFIRM), (*base.reasons, reason))
-        finally:
-            if conn.in_transaction():
-                conn.rollback()
-        self.verdicts[key] = (target, verdict)
-        if self.on_verdict is not None:
-            self.on_verdict(target, verdict)
-        return target, verdict
-
-    def check_connection(self, conn: Connection) -> tuple[Target, Verdict]:
-        """The verdict of an open connection's target (computed when it connected)."""
-        return self._used(*self.verdict_for(conn))
-
-    def check(self, engine: Engine) -> tuple[Target, Verdict]:
-        """Connect once (the watch computes the verdict) and return it; BLOCK raises."""
-        key = target_key(engine.url)
-        if key not in self.verdicts:
-            with engine.connect() as conn:
-                if not self._installed:
-                    self._on_connect(conn)
-        return self._used(*self.verdicts[key])
-
-    def _used(self, target: Target, verdict: Verdict) -> tuple[Target, Verdict]:
-        """A target about to be used: the report hears of it; BLOCK raises."""
-        if self.on_use is not None:
-            self.on_use(target)
-        if verdict.level is Level.BLOCK:
-            raise Blocked(target, verdict)
-        return target, verdict
-
-    def watch(self, engine: Engine) -> None:
-        """An engine the plugin handed out: its unguarded deletes are reported."""
-        self._watched.add(engine)
-
-    def _on_connect(self, conn: Connection) -> None:
-        __tracebackhide__ = True
-        target, verdict = self.verdict_for(conn)
-        engine = conn.engine
-        self._engines[engine] = (target, verdict)
-        if verdict.level is Level.BLOCK and engine not in self._refused:
-            # The engine's first connection errors (the test stops, the session stops);
-            # anything later on this engine may read, never write.
-            self._refused.add(engine)
-            conn.close()
-            blocked = Blocked(target, verdict)
-            if self.on_block is not None:
-                self.on_block(blocked)
-            raise blocked
-
-    def _before_execute(
-        self,
-        conn: Connection,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
-    ) -> None:
-        __tracebackhide__ = True
-        known = self._engines.get(conn.engine)
-        blocked = known is not None and known[1].level is Level.BLOCK
-        test = self.current_test
-        watched = (
-            test is not None
-            and self.settings.unguarded != "ignore"
-            and (self.settings.watch == "all" or conn.engine in self._watched)
-        )
-        if not blocked and not watched:
-            return
-        kind = classify(statement)
-        if blocked and kind.writes and known is not None:
-            target, verdict = known
-            raise WriteRefused(
-                f"safe-cleanup stopped {kind.keyword} on {target.masked_url} before it was sent"
-                f"{f' (test {test})' if test else ''}: the target is read-only, BLOCK: "
-                f"{verdict.explain()}: {shorten(statement)}"
-            )
-        if not (watched and kind.destructive) or test is None:
-            return
-        if conn.get_execution_options().get(executor.EXECUTOR_OPTION):
-            return
-        message = (
-            f"{test}: {kind.keyword} sent outside safe_cleanup (no guard, count or backup): "
-            f"{shorten(statement)}; register it with safe_cleanup.delete() instead"
-        )
-        if self.settings.unguarded == "error":
-            raise UnguardedStatement(f"safe-cleanup: {message} (safe_cleanup_unguarded = error)")
-        if (test, statement) not in self._reported:
-            self._reported.add((test, statement))
-            warnings.warn(UnguardedStatementWarning(message), stacklevel=_caller_level())
-
-    def install(self) -> None:
-        """Watch every engine in the process, made by the plugin or not."""
-        if not self._installed:
-            event.listen(Engine, "engine_connect", self._on_connect)
-            event.listen(Engine, "before_cursor_execute", self._before_execute)
-            self._installed = True
-
-    def uninstall(self) -> None:
-        """Stop watching (end of the pytest session)."""
-        if self._installed:
-            event.remove(Engine, "engine_connect", self._on_connect)
-            event.remove(Engine, "before_cursor_execute", self._before_execute)
-            self._installed = False
 
 
 @dataclass(frozen=True)
@@ -375,6 +171,9 @@ class Conductor:
         """Plan, verdict, intent and execution for one database, on one connection."""
         plan = build_plan(registrations)
         target, verdict = self.guardian.check_connection(conn)
+        self.guardian.check_schemas(
+            conn, target, {s.table.schema for s in plan.steps if s.table.schema}
+        )
         self._hint(conn, target, plan)
 
         def outcomes(
@@ -494,7 +293,8 @@ class Conductor:
         Called by the executor after the count and the limit, only when rows will go.
         """
         if target.key not in self._dumps:
-            self._dumps[target.key] = str(dump_database(conn.engine.url, store.ensure_folder()))
+            url = reached_url(conn.engine.url, target)
+            self._dumps[target.key] = str(dump_database(url, store.ensure_folder()))
         return self._dumps[target.key]
 
     def _audit(

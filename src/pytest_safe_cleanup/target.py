@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -46,6 +47,8 @@ class Target:
     host_class: str  # "local" or "remote"
     host_reason: str
     disposable: bool = False
+    driver: str = ""
+    hostaddr: str | None = None  # the address a live connection reached, where known
 
     @property
     def is_local(self) -> bool:
@@ -335,4 +338,90 @@ def from_url(
         key=target_key(parsed),
         host_class=host_class,
         host_reason=reason,
+    )
+
+
+def classify_reached_host(
+    backend: str, host: str | None, hostaddr: str | None, allowed_hosts: tuple[str, ...] = ()
+) -> tuple[str, str]:
+    """Return ("local" | "remote", reason) for where a live connection reached.
+
+    The client's own record of where it connected decides, not the URL's text: a
+    socket folder or a loopback address is local, and so is a host matching an
+    allowed glob; where the address is known, it must be loopback too for a
+    loopback name (a ``localhost`` that resolves elsewhere is not local).
+    """
+    if backend == "sqlite":
+        return "local", "SQLite file"
+    if not host:
+        return "remote", "the driver did not say where it connected"
+    if host.startswith("/") or host.startswith("@"):
+        return "local", f"unix socket {host}"
+    for pattern in allowed_hosts:
+        if fnmatch.fnmatchcase(host.lower(), pattern.lower()):
+            return "local", f"host {host} matches safe_cleanup_allowed_hosts {pattern!r}"
+    if _is_loopback(host) and (not hostaddr or _is_loopback(hostaddr)):
+        return "local", f"loopback host {host}"
+    if hostaddr and hostaddr != host:
+        return "remote", f"host {host} ({hostaddr}) is not local"
+    return "remote", f"host {host} is not local"
+
+
+def reached_target(reached: Any, host_class: str, host_reason: str) -> Target:
+    """The Target of the database a live connection reached (see watch.Reached)."""
+    backend, database = reached.backend, reached.database
+    if backend == "sqlite":
+        name = "memory" if database in ("", ":memory:") else PurePath(database).name
+        shown = URL.create(f"sqlite+{reached.driver}", database=database or None)
+        key = f"sqlite:///{database}"
+    else:
+        name = database
+        socket = bool(reached.host) and reached.host.startswith(("/", "@"))
+        shown = URL.create(
+            f"{backend}+{reached.driver}" if reached.driver else backend,
+            username=reached.user,
+            host=None if socket else reached.host,
+            port=reached.port,
+            database=database or None,
+            query={"host": reached.host} if socket else {},
+        )
+        key = f"{backend}://{reached.host or ''}:{reached.port or ''}/{database}"
+    return Target(
+        backend=backend,
+        host=reached.host,
+        port=reached.port,
+        database=database,
+        name=name,
+        masked_url=shown.render_as_string(hide_password=True),
+        key=key,
+        host_class=host_class,
+        host_reason=host_reason,
+        driver=reached.driver,
+        hostaddr=reached.hostaddr,
+    )
+
+
+# Query keys with which libpq (or a MySQL driver) picks the server or the database.
+_REDIRECTING_QUERY_KEYS = frozenset(
+    {"host", "hostaddr", "port", "dbname", "database", "db", "service", "servicefile"}
+)
+
+
+def reached_url(url: URL, target: Target) -> URL:
+    """The engine's URL (driver, credentials, options) aimed at the database reached.
+
+    For tools that connect on their own (``pg_dump``): they must reach the database
+    that was judged, whatever the URL's text, query string or ``PG*`` variables say.
+    """
+    query = {k: v for k, v in url.query.items() if k.lower() not in _REDIRECTING_QUERY_KEYS}
+    socket = bool(target.host) and str(target.host).startswith(("/", "@"))
+    if socket:
+        query["host"] = str(target.host)
+    elif target.hostaddr and target.hostaddr != target.host:
+        query["hostaddr"] = target.hostaddr
+    return url.set(
+        host=None if socket else target.host,
+        port=target.port,
+        database=target.database or None,
+        query=query,
     )
