@@ -127,7 +127,7 @@ def test_stamp_production_blocks_and_cannot_be_lifted(
     code, out, err = run(capsys, "stamp", url, "--environment", "test")
     assert (code, out) == (3, "")
     assert_one_error_line(err)
-    assert "only by a database administrator by hand" in err
+    assert "only a database administrator removes it, by hand" in err
     with sqlite3.connect(tmp_path / "app.db") as db:
         assert db.execute("SELECT environment FROM safe_cleanup_stamp").fetchall() == [
             ("production",)

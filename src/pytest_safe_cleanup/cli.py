@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from .backup import Backup, BackupError, list_runs, read_backup, restore_backup
 from .guard import Level, Verdict, evaluate, read_environment
-from .settings import INI_HELP, LIST_INI, Settings, SettingsError, resolve
+from .settings import INI_HELP, LIST_INI, Settings, SettingsError, blocked_name, resolve
 from .stamp import SETTING, STAMP_TABLE, StampError, read_stamp, validate, write_stamp
 from .target import Target, TargetError, first_line, from_url, mask_text, mask_url, parse_url
 
@@ -375,14 +375,19 @@ def cmd_stamp(args: argparse.Namespace) -> int:
     blocked = settings.blocked_environments
 
     def work(conn: Connection) -> str | None:
+        # The stamp read and the stamp written are the connected database's own, so no
+        # URL form can read one database and write another.
         current = read_stamp(conn)
         if current == name:
             return current
-        if current in blocked and name not in blocked:
+        held = blocked_name(current, blocked) if current else None
+        # The built-in names are always in the list, so no config or option lowers them.
+        if held is not None and blocked_name(name, blocked) is None:
             raise CliError(
-                f"{target.masked_url} is stamped {current!r}, a blocked environment, and will "
-                f"not be restamped {name!r}: the stamp can be removed only by a database "
-                f"administrator by hand ({reset_hint(target)})"
+                f"{target.masked_url} is stamped {current!r}, a blocked environment "
+                f"({held!r}), and will not be restamped {name!r}: no option or config "
+                "lowers a blocked stamp; only a database administrator removes it, by hand "
+                f"({reset_hint(target)})"
             )
         write_stamp(conn, name)
         conn.commit()

@@ -48,8 +48,11 @@ def read_stamp(conn: Connection) -> str | None:
         return None
     if not conn.dialect.has_table(conn, STAMP_TABLE):
         return None
-    stored = conn.execute(text(f"SELECT environment FROM {STAMP_TABLE}")).scalar()
-    return str(stored).strip().lower() if stored else None
+    rows = conn.execute(text(f"SELECT environment FROM {STAMP_TABLE}")).scalars().all()
+    # The command keeps one row; a hand-edited table with several is read as all of
+    # them together, so a blocked row among them still blocks.
+    values = sorted({str(r).strip().lower() for r in rows if r is not None and str(r).strip()})
+    return ",".join(values) if values else None
 
 
 def write_stamp(conn: Connection, environment: str) -> None:
