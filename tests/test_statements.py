@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -269,6 +270,7 @@ REACH_CASES = [
     ('DROP DATABASE U&"pr\\006fd"', PG, ["drop:?"]),
     ("SELECT dblink_exec('dbname=prod', 'DELETE FROM items')", PG, ["unknown:?"]),
     ("SELECT public.dblink('dbname=prod', 'SELECT 1')", PG, ["unknown:?"]),
+    ("WITH x AS (SELECT dblink_exec('dbname=prod', 'DELETE FROM t')) SELECT 1", PG, ["unknown:?"]),
     # tried around it: a DO block or a function runs text; a subscription, a foreign
     # server or a shell reach another database by a connection string
     ("DO $$ BEGIN EXECUTE 'ALTER DATABASE prod OWNER TO x'; END $$", PG, ["alter:prod"]),
@@ -398,6 +400,8 @@ REACH_CASES = [
     ("ANALYZE DELETE FROM prod.items", "mariadb", ["table:prod.items"]),  # it runs
     # a backend these rules do not know gets every rule
     ("DROP SCHEMA prod", "mssql", ["drop:prod"]),
+    ("PREPARE p (int) AS DELETE FROM prod.items WHERE id = $1", "mssql", ["table:prod.items"]),
+    ("TRUNCATE a, prod.items", "mssql", ["table:prod.items"]),
     ("INSERT INTO prod.items VALUES (1)", "mssql", ["table:prod.items"]),
 ]
 
@@ -577,6 +581,67 @@ LIFT_CASES = [
 @pytest.mark.parametrize(("sql", "expected"), LIFT_CASES, ids=[c[0][:48] for c in LIFT_CASES])
 def test_lifts_read_only(sql: str, expected: bool) -> None:
     assert lifts_read_only(sql) is expected
+
+
+# The same tricks on every case: a comment before it, another statement before it,
+# another case, the whole text in a string or after a line comment.
+
+FOUND_REACHES = [c for c in REACH_CASES if c[2]]
+PLAIN_TEXT = [c for c in REACH_CASES if "\\" not in c[0] and "\n" not in c[0]]
+
+
+@pytest.mark.parametrize(("sql", "backend", "expected"), FOUND_REACHES)
+def test_reaches_through_comments_and_other_statements(
+    sql: str, backend: str, expected: list[str]
+) -> None:
+    for text in (f"/* c */ -- c\n{sql}", f"SELECT 1; {sql}", f"{sql};\n SELECT 2"):
+        assert [shown(r) for r in reaches(text, backend)] == expected, text
+    if backend == "mysql":
+        assert [shown(r) for r in reaches(f"# c\n{sql}", backend)] == expected
+
+
+@pytest.mark.parametrize(("sql", "backend", "expected"), PLAIN_TEXT)
+def test_reaches_nothing_in_a_string_or_a_comment(
+    sql: str, backend: str, expected: list[str]
+) -> None:
+    quoted = sql.replace("'", "''")
+    for text in (f"SELECT '{quoted}'", f"SELECT 1 -- {sql}", f"SELECT 1 /* {sql} */"):
+        if "*/" in sql and "/*" in text:
+            continue
+        assert reaches(text, backend) == (), text
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected", "function"),
+    [(sql, expected, changes_stamp) for sql, expected in STAMP_CASES]
+    + [(sql, expected, lifts_read_only) for sql, expected in LIFT_CASES],
+    ids=[f"stamp:{c[0][:40]}" for c in STAMP_CASES] + [f"lift:{c[0][:40]}" for c in LIFT_CASES],
+)
+def test_answers_hold_through_case_comments_and_other_statements(
+    sql: str, expected: bool, function: Callable[[str], bool]
+) -> None:
+    for text in (sql.lower(), sql.upper(), f"/* c */ -- c\n {sql}", f"SELECT 1; {sql}"):
+        assert function(text) is expected, text
+    if expected and "\\" not in sql:
+        quoted = sql.replace("'", "''")
+        assert function(f"SELECT '{quoted}'") is False
+        assert function(f"SELECT 1 -- {sql}".replace("\n", " ")) is False
+
+
+def test_no_text_makes_them_raise() -> None:
+    """The watch runs them on every statement: odd text gets an answer, never an error."""
+    texts = [c[0] for c in REACH_CASES + STAMP_CASES + LIFT_CASES]
+    pieces = sorted({word for text in texts for word in text.split()})
+    pieces += [".", ",", "(", ")", ";", "=", "'", '"', "`", "[", "]", "$$", "--", "#", "\n"]
+    pieces += ["/*", "*/", "/*!", "\\", "U&", "E'", "?", "%s", "-", "@@", ":="]
+    rng = random.Random(9)
+    for _ in range(3000):
+        parts = [rng.choice(pieces) for _ in range(rng.randint(0, 12))]
+        sql = rng.choice((" ", "")).join(parts)
+        for backend in ("postgresql", "sqlite", "mysql", "other"):
+            assert isinstance(reaches(sql, backend), tuple)
+        assert changes_stamp(sql) in (True, False)
+        assert lifts_read_only(sql) in (True, False)
 
 
 # The servers decide: every case a server really lifts or names must be seen so.

@@ -742,10 +742,20 @@ def _reach_one(toks: tuple[_Tok, ...], backend: str, known: frozenset[str]) -> l
             else:
                 break
         return _reach_one(toks[i:], backend, known) if i < len(toks) else []
-    if verb == "WITH":
-        i, names = _after_with(toks)
-        return _reach_one(toks[i:], backend, known | names) if i < len(toks) else []
     out: list[Reach] = []
+    if verb == "WITH":  # what the CTEs call, then the statement after them
+        if pg:
+            out += _pg_elsewhere(toks, backend)
+        if my:
+            out += [r for r in _calls(toks, backend) if r is not None]
+        i, names = _after_with(toks)
+        return out + (_reach_one(toks[i:], backend, known | names) if i < len(toks) else [])
+    if verb == "PREPARE":  # PREPARE p [(types)] AS statement
+        i = 2
+        while i < len(toks) and toks[i][2] != "AS":
+            i = _skip_paren(toks, i) if toks[i][1] == "(" else i + 1
+        if i + 1 < len(toks):
+            out += _reach_one(toks[i + 1 :], backend, known)
     if pg or my:
         out += _database_reaches(toks, backend, my)
     if my and verb == "USE":
@@ -924,8 +934,11 @@ def _table_reaches(toks: tuple[_Tok, ...], backend: str, known: frozenset[str]) 
     names = set(known)  # what ``x`` in ``x.column`` may be: tables, aliases
     check = n  # where qualified names that are neither targets nor columns start
     if verb in ("INSERT", "REPLACE", "TRUNCATE"):
-        parts, _ = _chain(toks, _skip_words(toks, 1, _MODIFIERS))
+        parts, i = _chain(toks, _skip_words(toks, 1, _MODIFIERS))
         targets.append(parts)
+        while verb == "TRUNCATE" and i + 1 < n and toks[i][1] == ",":  # TRUNCATE a, b
+            parts, i = _chain(toks, i + 1)
+            targets.append(parts)
     elif verb == "UPDATE":
         tables, check = _refs(toks, _skip_words(toks, 1, _MODIFIERS), frozenset({"SET"}), names)
         targets += tables
