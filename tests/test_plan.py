@@ -494,3 +494,111 @@ def test_count_mismatch_rolls_everything_back(sqlite_db: Engine) -> None:
     with pytest.raises(executor.CountMismatch, match="users: counted 2 rows but the delete"):
         executor.apply(sqlite_db, plan, verdict=allow(sqlite_db), max_rows=100, backup=None)
     assert all_ids(sqlite_db) == SEEDED
+
+
+# --- track / track_session: key values go to their columns, never to a position --------------
+
+
+def _composite_models(variant: str) -> Any:
+    """A mapped class whose mapper's key order differs from its table's key order."""
+    from sqlalchemy import PrimaryKeyConstraint
+    from sqlalchemy.orm import DeclarativeBase
+
+    class Base(DeclarativeBase):
+        pass
+
+    if variant == "mapper_args":
+        pairs = Table(
+            "pairs",
+            Base.metadata,
+            Column("a", Integer, primary_key=True, autoincrement=False),
+            Column("b", Integer, primary_key=True, autoincrement=False),
+            Column("note", String(20)),
+        )
+        mapper_order = [pairs.c.b, pairs.c.a]
+    else:  # the table's constraint lists b first; the mapper is told a first
+        pairs = Table(
+            "pairs",
+            Base.metadata,
+            Column("a", Integer, autoincrement=False),
+            Column("b", Integer, autoincrement=False),
+            Column("note", String(20)),
+            PrimaryKeyConstraint("b", "a"),
+        )
+        mapper_order = [pairs.c.a, pairs.c.b]
+
+    class Pair(Base):
+        __table__ = pairs
+        __mapper_args__ = {"primary_key": mapper_order}  # noqa: RUF012
+
+    assert [c.name for c in Pair.__mapper__.primary_key] != [c.name for c in pairs.primary_key]
+    return Pair
+
+
+@pytest.mark.parametrize("how", ["track", "track_session"])
+@pytest.mark.parametrize("variant", ["mapper_args", "constraint_order"])
+def test_track_matches_a_composite_key_by_column(pg_url: str, variant: str, how: str) -> None:
+    from sqlalchemy.orm import Session
+
+    pair_class = _composite_models(variant)
+    engine = create_engine(pg_url)
+    try:
+        pair_class.metadata.create_all(engine)
+        with engine.begin() as conn:  # rows the test never made: (2, 1) mirrors its key
+            conn.execute(
+                text("INSERT INTO pairs (a, b, note) VALUES (2, 1, 'keep'), (1, 1, 'keep')")
+            )
+        book = RegistrationBook()
+        cleanup = SafeCleanup(engine, book=book, tag="t1", context=lambda: ("t", frozenset()))
+        with Session(engine) as session:
+            if how == "track_session":
+                cleanup.track_session(session)
+            made = pair_class(a=1, b=2, note="made")
+            session.add(made)
+            session.commit()
+            if how == "track":
+                cleanup.track(made)
+            registrations = [r for _, regs in book.drain() for r in regs]
+        plan = build_plan(registrations)
+        done, _ = executor.apply(engine, plan, verdict=allow(engine), max_rows=10, backup=None)
+        assert [(c.table, c.counted, c.deleted) for c in done] == [("pairs", 1, 1)]
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT a, b, note FROM pairs ORDER BY a, b")).all()
+        assert [tuple(r) for r in rows] == [(1, 1, "keep"), (2, 1, "keep")]
+    finally:
+        engine.dispose()
+
+
+def test_track_fills_a_joined_inheritance_child_key_through_its_foreign_key(
+    sqlite_db: Engine,
+) -> None:
+    from sqlalchemy.orm import DeclarativeBase, Session
+
+    from pytest_safe_cleanup.plan import tracked_registrations
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Person(Base):
+        __tablename__ = "people"
+        id = Column(Integer, primary_key=True, autoincrement=False)
+        kind = Column(String(10), nullable=False)
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}  # noqa: RUF012
+
+    class Engineer(Person):
+        __tablename__ = "engineers"
+        engineer_id = Column(Integer, ForeignKey("people.id"), primary_key=True)
+        __mapper_args__ = {"polymorphic_identity": "engineer"}  # noqa: RUF012
+
+    Base.metadata.create_all(sqlite_db)
+    with Session(sqlite_db) as session:
+        session.add_all([Engineer(id=7), Engineer(id=8)])
+        session.commit()
+        made = session.get(Engineer, 8)
+        registrations = tracked_registrations([made], "t", frozenset())
+    plan = build_plan(registrations)
+    done, _ = executor.apply(sqlite_db, plan, verdict=allow(sqlite_db), max_rows=10, backup=None)
+    assert [(c.table, c.deleted) for c in done] == [("engineers", 1), ("people", 1)]
+    assert ids(sqlite_db, "people") == {7}
+    with sqlite_db.connect() as conn:
+        assert conn.execute(text("SELECT engineer_id FROM engineers")).scalars().all() == [7]

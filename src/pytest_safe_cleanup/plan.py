@@ -452,6 +452,28 @@ def sync_engine_of(engine: AnyEngine) -> Engine:
     return engine.sync_engine if is_async_engine(engine) else engine  # type: ignore[return-value]
 
 
+def _key_for(table: Table, by_column: Mapping[Any, Any]) -> tuple[Any, ...] | None:
+    """``table``'s primary key values, in the table's key order, from the mapper's columns.
+
+    A key column is matched as the column itself, else through a foreign key to a
+    mapper key column (a joined-inheritance child's key referencing its parent's), else
+    by name; a table whose key cannot be filled wholly is left out, never guessed.
+    """
+    by_name = {getattr(c, "name", None): v for c, v in by_column.items()}
+    values = []
+    for key_column in table.primary_key.columns:
+        referenced = [v for c, v in by_column.items() if key_column.references(c)]
+        if key_column in by_column:
+            values.append(by_column[key_column])
+        elif len(referenced) == 1:
+            values.append(referenced[0])
+        elif key_column.name in by_name:
+            values.append(by_name[key_column.name])
+        else:
+            return None
+    return tuple(values) if values else None
+
+
 def tracked_registrations(
     instances: Iterable[object], nodeid: str, confirms: frozenset[str]
 ) -> list[Registration]:
@@ -467,10 +489,16 @@ def tracked_registrations(
             raise RegistrationError(f"track() takes ORM instances, not {obj!r}")
         if state.was_deleted or not state.has_identity or state.identity is None:
             continue
-        identity = tuple(state.identity)
+        # The identity follows the mapper's key order, which need not be the table's
+        # (``__mapper_args__ = {"primary_key": [...]}``, a PrimaryKeyConstraint in
+        # another order): each value goes to its column, never to a position.
+        by_column = dict(zip(state.mapper.primary_key, state.identity, strict=True))
         for table in state.mapper.tables:
-            if isinstance(table, Table) and len(table.primary_key.columns) == len(identity):
-                by_table.setdefault(table.fullname, (table, {}))[1][identity] = None
+            if not isinstance(table, Table):
+                continue
+            key = _key_for(table, by_column)
+            if key is not None:
+                by_table.setdefault(table.fullname, (table, {}))[1][key] = None
     registrations = []
     for table, keys in by_table.values():
         pk = list(table.primary_key.columns)
