@@ -3,7 +3,8 @@
 1. ``statements.classify`` over a realistic mix of statements, cold (every text new,
    so the cache never hits: a counter in a leading comment) and warm (the same texts
    again, as SQLAlchemy sends its cached compiled strings); then ``reaches`` (for
-   MySQL, whose ``db.table`` is another database), ``changes_stamp`` and
+   MySQL, whose ``db.table`` is another database; also through ``reaches_for``, the
+   per-engine function the watch may keep), ``changes_stamp`` and
    ``lifts_read_only`` the same way, over the whole mix and over its reads alone
    (a read must cost what ``classify`` costs once warm).
 2. The watch on a real SQLite engine: ``SELECT 1`` executed 20,000 times with no
@@ -25,7 +26,13 @@ from sqlalchemy.engine import Engine
 
 from pytest_safe_cleanup.runner import Guardian
 from pytest_safe_cleanup.settings import resolve
-from pytest_safe_cleanup.statements import changes_stamp, classify, lifts_read_only, reaches
+from pytest_safe_cleanup.statements import (
+    changes_stamp,
+    classify,
+    lifts_read_only,
+    reaches,
+    reaches_for,
+)
 
 MIX = [
     "SELECT users.id, users.email, users.account_id FROM users WHERE users.id = %(pk_1)s",
@@ -84,6 +91,7 @@ def bench_classify() -> None:
     for name, function in (
         ("classify", classify),
         ("reaches", reaches_mysql),
+        ("reaches_for('mysql')", reaches_for("mysql")),
         ("changes_stamp", changes_stamp),
         ("lifts_read_only", lifts_read_only),
     ):

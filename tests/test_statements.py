@@ -32,6 +32,7 @@ from pytest_safe_cleanup.statements import (
     classify,
     lifts_read_only,
     reaches,
+    reaches_for,
     shorten,
 )
 
@@ -431,6 +432,8 @@ def test_reaches_names_the_words_that_decided_and_is_cached() -> None:
         "/* c */ DROP DATABASE IF EXISTS prod", "postgresql"
     )
     assert reaches("USE prod", "mariadb") == reaches("USE prod", "mysql")
+    assert reaches_for("sqlite")("ATTACH 'a.db' AS a") is reaches("ATTACH 'a.db' AS a", "sqlite")
+    assert reaches_for("oracle") is reaches_for("")  # any other backend: every rule
 
 
 # changes_stamp: (sql, changes a database's stamp)
