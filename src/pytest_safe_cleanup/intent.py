@@ -8,6 +8,8 @@ what it saw (TTYs, markers) and a prompt function.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,9 +51,30 @@ def confirm_names(value: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-def marker_hint(target: Target) -> str:
-    """The exact marker that opts a test in for ``target``."""
-    return f'@pytest.mark.safe_cleanup(confirm="{target.name}")'
+def run_names(name: str, environ: Mapping[str, str]) -> list[str]:
+    """Every database name the run needs confirmed, where one name stands for several.
+
+    A database per xdist worker (``app_test_gw1``) has siblings on the other workers:
+    a marker that names only this worker's database would hold the others back.
+    """
+    worker = environ.get("PYTEST_XDIST_WORKER", "")
+    count = environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not worker or not count.isdigit():
+        return [name]
+    own = re.compile(rf"(?<![A-Za-z0-9]){re.escape(worker)}(?![0-9])")
+    if not own.search(name):
+        return [name]
+    prefix = worker.rstrip("0123456789")
+    return [own.sub(f"{prefix}{i}", name) for i in range(int(count))]
+
+
+def marker_hint(target: Target, environ: Mapping[str, str] | None = None) -> str:
+    """The exact marker that opts a test in for ``target`` (and its xdist siblings)."""
+    names = run_names(target.name, os.environ if environ is None else environ)
+    if len(names) == 1:
+        return f'@pytest.mark.safe_cleanup(confirm="{names[0]}")'
+    listed = ", ".join(f'"{n}"' for n in names)
+    return f"@pytest.mark.safe_cleanup(confirm=[{listed}])"
 
 
 def prompt_text(target: Target, verdict: Verdict) -> str:

@@ -432,9 +432,40 @@ def _start(config: pytest.Config) -> State:
     return state
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+def _refusal_in(exc: BaseException) -> str | None:
+    """The plugin's refusal behind an error (a conftest that failed to import, say)."""
+    from .runner import Blocked, WriteRefused
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, Blocked | WriteRefused):
+            return str(current)
+        cause = getattr(current, "cause", None)
+        current = (
+            cause
+            if isinstance(cause, BaseException)
+            else (current.__cause__ or current.__context__)
+        )
+    return None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None, None, None]:
+    """Start the guard before pytest imports the first conftest file.
+
+    A conftest refused at import time (a module-level engine on a BLOCK database) ends the
+    run with the refusal in one line, not a traceback through the conftest.
+    """
     _start(early_config)
+    try:
+        return (yield)
+    except Exception as exc:
+        refusal = _refusal_in(exc) if "sqlalchemy" in sys.modules else None
+        if refusal is None:
+            raise
+        raise pytest.UsageError(f"{refusal} (while loading conftest files)") from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -579,6 +610,49 @@ class FailureTracker:
         rep = yield
         item.stash.setdefault(report_key, {})[rep.when] = rep
         return rep
+
+
+def _one_line(report: pytest.CollectReport | pytest.TestReport, excinfo: Any) -> None:
+    """A refusal reads as one line, at the user's line, in every phase and under xdist."""
+    if report.failed and excinfo is not None and "sqlalchemy" in sys.modules:
+        refusal = _refusal_in(excinfo.value)
+        if refusal is not None:
+            where = ""
+            for entry in reversed(excinfo.traceback):
+                path = str(entry.path)
+                if not any(part in path for part in LIBRARY_PARTS):
+                    where = f"{Path(path).name}:{entry.lineno + 1}: "
+                    break
+            report.longrepr = where + refusal
+
+
+LIBRARY_PARTS = (f"{os.sep}sqlalchemy{os.sep}", f"{os.sep}pytest_safe_cleanup{os.sep}", "-packages")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    if report.failed and "sqlalchemy" in sys.modules:
+        # The collector's error is gone by now; its repr still names the exception.
+        text = str(report.longrepr)
+        for kind in ("Blocked: ", "WriteRefused: "):
+            if f"pytest_safe_cleanup.watch.{kind}" in text:
+                message = text.split(f"pytest_safe_cleanup.watch.{kind}", 1)[1]
+                first = text.splitlines()[0]
+                where = first.split(": in ", 1)[0] + ": " if ": in " in first else ""
+                report.longrepr = where + message.splitlines()[0]
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _one_line(report, call.excinfo)
+    return report
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
