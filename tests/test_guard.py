@@ -152,6 +152,9 @@ TOKEN_CASES = [
     ("01-stg", Level.BLOCK),
     ("eu.live.2", Level.BLOCK),
     (wide("STAGING-eu"), Level.BLOCK),
+    ("\u0440rod", Level.BLOCK),  # a Cyrillic er, drawn like a Latin "p"
+    ("st\u0430ging", Level.BLOCK),  # a Cyrillic a
+    ("pr\u03bfd", Level.BLOCK),  # a Greek omicron
     ("prodigy", Level.CONFIRM),  # a longer word is another word
     ("product", Level.CONFIRM),
     ("reproduce", Level.CONFIRM),
@@ -183,6 +186,24 @@ VARIABLE_CASES = [
     ("FLASK_ENV-blocks", DEFAULTS, {"FLASK_ENV": "Staging"}, LOCAL, Level.BLOCK, "FLASK_ENV"),
     ("DJANGO_ENV-blocks", DEFAULTS, {"DJANGO_ENV": "live-eu"}, LOCAL, Level.BLOCK, "DJANGO_ENV"),
     ("PYTHON_ENV-blocks", DEFAULTS, {"PYTHON_ENV": "stage2"}, LOCAL, Level.BLOCK, "PYTHON_ENV"),
+    # the same names in another case block too, and never allow
+    (
+        "lower-case-name-blocks",
+        DEFAULTS,
+        {"environment": "prod"},
+        LOCAL,
+        Level.BLOCK,
+        "environment",
+    ),
+    ("mixed-case-app_env-blocks", DEFAULTS, {"App_Env": "live"}, LOCAL, Level.BLOCK, "App_Env"),
+    (
+        "lower-case-name-does-not-allow",
+        DEFAULTS,
+        {"environment": "test"},
+        REMOTE,
+        Level.CONFIRM,
+        "ENVIRONMENT is not set",
+    ),
     (
         "ENV-blocks-despite-allowed-ENVIRONMENT",
         DEFAULTS,

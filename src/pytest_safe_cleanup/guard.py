@@ -97,11 +97,17 @@ def read_environment(env_vars: tuple[str, ...], environ: Mapping[str, str]) -> E
 
     ``ENVIRONMENT`` is always read, last among the deciding variables when the ini does
     not list it, so naming other variables never hides it. The variables of other
-    stacks (``APP_ENV``, ``ENV``, ...) are read for blocked names only.
+    stacks (``APP_ENV``, ``ENV``, ...) and any of these names in another case are
+    read for blocked names only.
     """
     deciding = tuple(dict.fromkeys((*env_vars, ALWAYS_READ_ENV_VAR)))
+    wanted = {name.upper() for name in (*deciding, *BLOCK_ONLY_ENV_VARS)}
+    # Exact names first, in order; then the same names in another case ("Environment"),
+    # which only ever block.
+    names = list(dict.fromkeys((*deciding, *BLOCK_ONLY_ENV_VARS)))
+    names += sorted(k for k in environ if k.upper() in wanted and k not in names)
     values: list[tuple[str, str]] = []
-    for name in dict.fromkeys((*deciding, *BLOCK_ONLY_ENV_VARS)):
+    for name in names:
         value = normalise_name(environ.get(name, ""))
         if value:
             values.append((name, value))

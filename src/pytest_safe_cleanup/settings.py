@@ -42,6 +42,11 @@ def normalise_name(text: str) -> str:
     return unicodedata.normalize("NFKC", kept).strip()
 
 
+# Cyrillic and Greek letters drawn like the Latin letters of the blocked names: a word
+# typed with them (a Cyrillic "\u0440" in "prod") reads as the word it looks like.
+_LOOKALIKES = str.maketrans("аеорсухіјѕԁɡԛνοραεικτӏ", "aeopcyxijsdgqvopaeiktl")
+
+
 def name_tokens(text: str) -> tuple[str, ...]:
     """The words of a name: runs of letters of its normalised form.
 
@@ -51,7 +56,7 @@ def name_tokens(text: str) -> tuple[str, ...]:
     """
     words: list[str] = []
     current: list[str] = []
-    for char in normalise_name(text):
+    for char in normalise_name(text).translate(_LOOKALIKES):
         if char.isalpha():
             current.append(char)
         elif current:
