@@ -212,6 +212,52 @@ def import_cost(runs: int) -> float:
     return statistics.median(samples)
 
 
+def identity_cost(url: str, rounds: int) -> dict[str, float]:
+    """Microseconds per new connection and per statement, without and with the watch.
+
+    The watch identifies every new DBAPI connection (one round-trip: the database reached
+    and its stamp) and classifies every statement; interleaved rounds of ``rounds``
+    connections and ``rounds * 20`` statements each, medians of 5.
+    """
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from pytest_safe_cleanup.settings import resolve
+    from pytest_safe_cleanup.watch import Guardian
+
+    guardian = Guardian(resolve({}, {}, {}), environ={})
+    fresh = create_engine(url, poolclass=NullPool)
+    pooled = create_engine(url)
+    samples: dict[str, list[float]] = defaultdict(list)
+    try:
+        for rnd in range(6):
+            for watched in (False, True):
+                if watched:
+                    guardian.install()
+                name = "watched" if watched else "bare"
+                start = time.perf_counter()
+                for _ in range(rounds):
+                    with fresh.connect():
+                        pass
+                connect = (time.perf_counter() - start) / rounds * 1e6
+                with pooled.connect() as conn:
+                    query = text("SELECT 1")
+                    start = time.perf_counter()
+                    for _ in range(rounds * 20):
+                        conn.execute(query)
+                    statement = (time.perf_counter() - start) / (rounds * 20) * 1e6
+                guardian.uninstall()
+                pooled.dispose()  # the next round's first connection is new again
+                if rnd:  # the first round warms up
+                    samples[f"{name} connect"].append(connect)
+                    samples[f"{name} statement"].append(statement)
+    finally:
+        guardian.uninstall()
+        fresh.dispose()
+        pooled.dispose()
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -222,6 +268,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="set both --db-runs and --plain-runs")
     parser.add_argument(
         "--fsync-off", action="store_true", help="keep LocalCluster's fsync-off settings"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=200, help="new connections per identity round"
     )
     args = parser.parse_args(argv)
     if args.runs is not None:
@@ -265,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         db = db_suite(cluster, db_folder, args.db_tests, args.db_runs)
         say(f"plain suite: {args.plain_tests} tests, {args.plain_runs} timed runs per variant")
         plain = plain_suite(plain_folder, args.plain_tests, args.plain_runs)
+        say("per-connection identity check ...")
+        identity = identity_cost(cluster.url, args.connections)
     say("import cost of the plugin module ...")
     imported = import_cost(5)
 
@@ -330,6 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"importing pytest_safe_cleanup.plugin after pytest: {imported * 1000:.0f} ms "
         "(median of 5, part of that overhead)"
+    )
+    connect_extra = identity["watched connect"] - identity["bare connect"]
+    statement_extra = identity["watched statement"] - identity["bare statement"]
+    print(
+        f"new connection: {identity['bare connect']:.0f} us bare, "
+        f"{identity['watched connect']:.0f} us watched ({connect_extra:+.0f} us for the identity "
+        f"check, {identity['watched connect'] / identity['bare connect']:.2f}x); "
+        f"a statement on an open connection: {identity['bare statement']:.1f} us bare, "
+        f"{identity['watched statement']:.1f} us watched ({statement_extra:+.1f} us)"
     )
     print(f"total time {time.perf_counter() - started:.0f} s")
     return 0
