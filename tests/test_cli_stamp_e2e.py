@@ -212,3 +212,26 @@ def test_check_reads_a_full_width_production_stamp_as_blocked(
     lowered = safe_cleanup("stamp", url, "--environment", "test", cwd=tmp_path)
     assert_one_error_line(lowered)
     assert stamp_of(url) == wide.lower()
+
+
+def test_check_judges_the_postgres_database_the_connection_reached(
+    pg_databases: PgDatabases, tmp_path: Path
+) -> None:
+    reached = pg_databases.create("sc_orders_prod").rsplit("/", 1)[1]
+    allowed = pg_databases.create("sc_app_test")
+    url = f"{allowed}?dbname={reached}"  # psycopg connects to the query's dbname
+    result = safe_cleanup("check", url, cwd=tmp_path, env={"ENVIRONMENT": "test"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"reached: {reached!r}" in result.stdout
+    assert f"database name {reached!r} contains the blocked token 'prod'" in result.stdout
+
+
+def test_check_judges_the_sqlite_file_a_link_points_to(tmp_path: Path) -> None:
+    real = tmp_path / "orders_prod.db"
+    sqlite3.connect(real).close()
+    (tmp_path / "app_test.db").symlink_to(real)
+    result = safe_cleanup(
+        "check", f"sqlite:///{tmp_path / 'app_test.db'}", cwd=tmp_path, env={"ENVIRONMENT": "test"}
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "reached: 'orders_prod.db'" in result.stdout

@@ -16,9 +16,9 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import create_engine
@@ -323,6 +323,21 @@ def with_connection(url: URL, work: Callable[[Connection], _T], engine: Engine |
             engine.dispose()
 
 
+def reached_name(conn: Connection) -> str | None:
+    """The name of the database the connection reached, as the guard names it."""
+    backend = conn.dialect.name
+    if backend == "postgresql":
+        return str(conn.exec_driver_sql("SELECT current_database()").scalar_one())
+    if backend in ("mysql", "mariadb"):
+        current = conn.exec_driver_sql("SELECT DATABASE()").scalar()
+        return str(current) if current else None
+    if backend == "sqlite":
+        for _, schema, path in conn.exec_driver_sql("PRAGMA database_list").all():
+            if schema == "main":
+                return PurePath(os.path.realpath(path)).name if path else "memory"
+    return None
+
+
 def reset_hint(target: Target) -> str:
     """Say how an administrator removes a stamp by hand, since this command never will."""
     if target.backend == "postgresql":
@@ -352,9 +367,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Print the verdict and every reason; the exit code is the level."""
     config, settings = _settings(args)
     url = _parse(args.url)
-    stamp = with_connection(url, read_stamp)
-    target, verdict = verdict_for(url, settings, os.environ, stamp)
+    stamp, reached = with_connection(url, lambda conn: (read_stamp(conn), reached_name(conn)))
+    target = from_url(url, settings.allowed_hosts, os.environ)
+    named = target.name
+    if reached and reached != named:
+        # Query arguments (?dbname=, ?database=), service files and PG* variables can take
+        # a connection elsewhere: the verdict is about the database the connection reached.
+        target = replace(target, name=reached, database=reached)
+    verdict = evaluate(read_environment(settings.env_vars, os.environ), target, stamp, settings)
     print(f"target:  {target.masked_url}")
+    if target.name != named:
+        print(f"reached: {target.name!r} (the URL names {named!r})")
     print(f"config:  {config.path or 'none found'}")
     print(f"stamp:   {stamp!r}" if stamp else "stamp:   none")
     print(f"verdict: {verdict.level.name}")
