@@ -235,3 +235,18 @@ def test_check_judges_the_sqlite_file_a_link_points_to(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "reached: 'orders_prod.db'" in result.stdout
+
+
+def test_a_url_naming_another_database_cannot_lower_the_stamp_it_reaches(
+    pg_databases: PgDatabases, tmp_path: Path
+) -> None:
+    blocked = pg_databases.create("sc_stamped")
+    other = pg_databases.create("sc_other")
+    assert (
+        safe_cleanup("stamp", blocked, "--environment", "production", cwd=tmp_path).returncode == 0
+    )
+    url = f"{other}?dbname={blocked.rsplit('/', 1)[1]}"
+    result = safe_cleanup("stamp", url, "--environment", "test", cwd=tmp_path)
+    assert_one_error_line(result)
+    assert stamp_of(blocked) == "production"
+    assert stamp_of(other) is None
