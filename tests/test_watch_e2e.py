@@ -82,7 +82,7 @@ def test_first_connection_to_a_blocked_database_errors_and_stops(
     result = pytester.runpytest_subprocess("--safe-cleanup=apply", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "*Blocked: safe-cleanup refused postgresql+psycopg://*: BLOCK:*production*",
+        "test_block.py:6: safe-cleanup refused postgresql+psycopg://*: BLOCK:*production*",
         "*Interrupted: *safe-cleanup refused*",
     ])
     assert "test_never_runs" not in result.stdout.str()
