@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -98,6 +98,70 @@ def pg_databases(pg_server_url: str) -> Iterator[PgDatabases]:
 def pg_url(pg_databases: PgDatabases) -> str:
     """A fresh, empty PostgreSQL database for one test."""
     return pg_databases.create()
+
+
+MYSQL_ENV = "SAFE_CLEANUP_MYSQL_URL"
+
+
+@pytest.fixture(scope="session")
+def mysql_server_url() -> str:
+    """A MySQL/MariaDB server named by SAFE_CLEANUP_MYSQL_URL (required in CI)."""
+    url = os.environ.get(MYSQL_ENV)
+    required = os.environ.get("SAFE_CLEANUP_REQUIRE_MYSQL") == "1"
+    if not url:
+        message = f"set {MYSQL_ENV} (e.g. mysql+pymysql://root@127.0.0.1:3306/test) for MariaDB"
+        if required:
+            pytest.fail(f"{message} (SAFE_CLEANUP_REQUIRE_MYSQL=1)", pytrace=False)
+        pytest.skip(message)
+    engine = create_engine(MysqlDatabases.server_only(url))
+    try:
+        with engine.connect():
+            pass
+    except (OperationalError, ModuleNotFoundError) as exc:
+        if required:
+            pytest.fail(f"MariaDB required but unreachable at {url}: {exc}", pytrace=False)
+        pytest.skip(f"no MariaDB server at {url} ({MYSQL_ENV})")
+    finally:
+        engine.dispose()
+    return url
+
+
+class MysqlDatabases:
+    """Creates uniquely named MariaDB databases and drops them afterwards."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.admin = create_engine(self.server_only(server_url), isolation_level="AUTOCOMMIT")
+        self.created: list[str] = []
+
+    @staticmethod
+    def server_only(url: str) -> str:
+        """The server's URL without a database (the named one may not exist)."""
+        u = make_url(url)
+        return URL.create(u.drivername, u.username, u.password, u.host, u.port).render_as_string(
+            hide_password=False
+        )
+
+    def create(self, prefix: str = "sct") -> str:
+        """A new empty database; returns its URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE `{name}`"))
+        self.created.append(name)
+        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self.admin.connect() as conn:
+            for name in self.created:
+                conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        self.admin.dispose()
+
+
+@pytest.fixture
+def mysql_databases(mysql_server_url: str) -> Iterator[MysqlDatabases]:
+    dbs = MysqlDatabases(mysql_server_url)
+    yield dbs
+    dbs.drop_all()
 
 
 #: an inner conftest's ``insert(table, *rows)`` fixture, writing through the test's engine
