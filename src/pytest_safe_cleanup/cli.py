@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from sqlalchemy import create_engine, literal, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -677,12 +677,12 @@ def _where_clause(where: str) -> Any:
 
 
 def _check_where(engine: Engine, table: Any, where: str, clause: Any) -> None:
-    """Compile and run the condition once, returning no row, before anything is counted.
+    """Run the condition once on every row, before the layers count anything.
 
-    On PostgreSQL it runs in a read-only transaction: a condition that would write is
-    refused as bad input.
+    On PostgreSQL this count runs in a read-only transaction, so a condition that
+    would write (``nextval()``, a function that deletes) is refused as bad input.
     """
-    statement = select(literal(1)).select_from(table).where(clause).limit(0)
+    statement = select(func.count()).select_from(table).where(clause)
     try:
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
