@@ -374,6 +374,7 @@ class Cleanup(SafeCleanup, _Results):
         tb: TracebackType | None,
     ) -> None:
         run = self._run
+        run.entered = False  # a registration after the block would never run: refused
         entries = run.book.drain()
         try:
             if exc_type is None:
@@ -479,6 +480,7 @@ class AsyncCleanup(AsyncSafeCleanup, _Results):
         tb: TracebackType | None,
     ) -> None:
         run = self._run
+        run.entered = False  # a registration after the block would never run: refused
         entries = run.book.drain()
         try:
             if exc_type is None:
