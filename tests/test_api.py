@@ -306,3 +306,36 @@ def test_bad_arguments_are_one_clear_line(tmp_path: Path) -> None:
         with pytest.raises(ValueError) as bad:
             Cleanup(url, **options)
         assert str(bad.value) == says
+
+
+ON_A_TERMINAL = """
+    import sys
+    from pytest_safe_cleanup import Cleanup
+
+    url, name = sys.argv[1:]
+    with Cleanup(url, mode="apply", confirm=name) as c:
+        c.delete("client_accounts", name="demo-seed-a", cascade=True)
+    print("statuses:", [o.status for o in c.outcomes])
+"""
+
+
+def test_a_script_on_a_terminal_asks_even_with_confirm(tmp_path: Path, pg_demo: str) -> None:
+    """The name typed at the keyboard is the intent; confirm= serves runs without a person."""
+    pexpect = pytest.importorskip("pexpect")
+    name = db_name(pg_demo)
+    before = demo_rows(pg_demo)
+    (tmp_path / "job.py").write_text(textwrap.dedent(ON_A_TERMINAL))
+    child = pexpect.spawn(
+        sys.executable, [str(tmp_path / "job.py"), pg_demo, name], cwd=str(tmp_path),
+        env={k: v for k, v in env().items() if k != "CI"}, timeout=60, encoding="utf-8",
+    )  # fmt: skip
+    child.expect("verdict: ALLOW")
+    child.expect(r"users +2")
+    child.expect(f"Type the database name \\({name}\\)")
+    assert demo_rows(pg_demo) == before
+    child.sendline(name)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "statuses: ['deleted', 'deleted', 'deleted']" in str(child.before)
+    assert demo_rows(pg_demo) == tenant_gone(before)

@@ -562,7 +562,9 @@ def build_parser() -> ArgumentParser:
     )
     parser = ArgumentParser(
         prog=PROG,
-        description="Check or stamp a database, restore or list backups (pytest-safe-cleanup).",
+        description=(
+            "Check or stamp a database, restore or list backups, delete rows (pytest-safe-cleanup)."
+        ),
         parents=[config_options],
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
