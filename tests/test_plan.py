@@ -413,6 +413,15 @@ def test_apply_deletes_exactly_the_counted_rows(sqlite_db: Engine) -> None:
     }
 
 
+def test_text_condition_keeps_its_or_inside_the_and(db: Engine) -> None:
+    """text("a OR b") with team=... must not read "a OR b AND team = ..." (other rows)."""
+    users = T["users"]
+    plan = build_plan([reg(users, text("id = 6 OR id = 3"), team="red")])
+    done, _ = executor.apply(db, plan, verdict=allow(db), max_rows=10000, backup=None)
+    assert [(c.table, c.counted, c.deleted) for c in done] == [("users", 1, 1)]
+    assert ids(db, "users") == SEEDED["users"] - {3}, "user 6 (no team) must stay"
+
+
 @pytest.mark.parametrize(
     ("max_rows", "refused"), [(6, True), (0, True), (7, False)], ids=["one-over", "zero", "equal"]
 )

@@ -9,12 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .api import AsyncCleanup, Cleanup, CleanupRefused
     from .guard import Level, Verdict, evaluate
     from .plan import AsyncSafeCleanup, SafeCleanup
     from .settings import Settings
 
 __all__ = [
+    "AsyncCleanup",
     "AsyncSafeCleanup",
+    "Cleanup",
+    "CleanupRefused",
     "Level",
     "SafeCleanup",
     "Settings",
@@ -25,6 +29,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncCleanup": "api",
+    "Cleanup": "api",
+    "CleanupRefused": "api",
     "AsyncSafeCleanup": "plan",
     "SafeCleanup": "plan",
     "Level": "guard",

@@ -1,34 +1,41 @@
-"""The ``safe-cleanup`` command: check and stamp a database, restore and list backups.
+"""The ``safe-cleanup`` command: check, stamp, restore, list backups and delete rows.
 
 It reads the same ini keys as the plugin from the config file pytest would find, so a
 verdict seen here is the verdict a test run gets. Exit codes are part of the contract:
 ``check`` exits 0/1/2 for ALLOW/CONFIRM/BLOCK, ``restore`` exits 2 on a BLOCK target and
 1 when a CONFIRM target lacks ``--confirm``, and every error (usage errors included)
-exits 3 with one line on stderr, never a traceback.
+exits 3 with one line on stderr, never a traceback. ``delete`` exits 0 done (or dry),
+1 refused (intent, limit), 2 BLOCK, 3 failed and rolled back, 4 usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import configparser
+import datetime as dt
+import decimal
 import importlib.util
 import os
 import sys
 import tomllib
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path, PurePath
 from typing import Any, NoReturn, TypeVar
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.elements import Grouping
 
+from .api import EXIT_BLOCKED, Cleanup, CleanupError, CleanupRefused
 from .backup import Backup, BackupError, list_runs, read_backup, restore_backup
 from .guard import Level, Verdict, evaluate, read_environment
-from .settings import INI_HELP, LIST_INI, Settings, SettingsError, blocked_name, resolve
+from .plan import RegistrationError
+from .settings import BACKUPS, INI_HELP, LIST_INI, Settings, SettingsError, blocked_name, resolve
 from .stamp import SETTING, STAMP_TABLE, StampError, read_stamp, validate, write_stamp
 from .target import Target, TargetError, first_line, from_url, mask_text, mask_url, parse_url
 
@@ -546,9 +553,12 @@ def cmd_backups(args: argparse.Namespace) -> int:
 class ArgumentParser(argparse.ArgumentParser):
     """Exit 3 with one line on usage errors, since 2 means BLOCK for ``check``."""
 
+    #: ``delete`` keeps 3 for "failed and rolled back" and reports usage errors as 4
+    usage_exit = EXIT_ERROR
+
     def error(self, message: str) -> NoReturn:
         """Report a usage error the way every other error is reported."""
-        self.exit(EXIT_ERROR, f"{PROG}: error: {message} (see '{PROG} --help')\n")
+        self.exit(self.usage_exit, f"{PROG}: error: {message} (see '{PROG} --help')\n")
 
 
 def version() -> str:
@@ -580,7 +590,9 @@ def build_parser() -> ArgumentParser:
     )
     parser = ArgumentParser(
         prog=PROG,
-        description="Check or stamp a database, restore or list backups (pytest-safe-cleanup).",
+        description=(
+            "Check or stamp a database, restore or list backups, delete rows (pytest-safe-cleanup)."
+        ),
         parents=[config_options],
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
@@ -634,7 +646,253 @@ def build_parser() -> ArgumentParser:
     )
     backups.add_argument("dir", metavar="DIR", nargs="?", type=Path, default=None)
     backups.set_defaults(func=cmd_backups)
+    add_delete_parser(commands, config_options)
     return parser
+
+
+# --------------------------------------------------------------------------- delete
+
+EXIT_USAGE = 4
+DELETE_LABEL = "safe-cleanup delete"
+
+
+class UsageError(CliError):
+    """Bad input to ``delete``: one line, exit 4, nothing was changed."""
+
+
+def _eq_pairs(items: Sequence[str]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--eq {item!r}: give COLUMN=VALUE")
+        pairs[name.strip()] = value
+    return pairs
+
+
+_TRUE, _FALSE = ("true", "t", "yes", "y", "1", "on"), ("false", "f", "no", "n", "0", "off")
+
+
+def _coerce(table: Any, name: str, raw: str) -> Any:
+    """``raw`` as the column's Python type, so it is bound as that type (never spliced)."""
+    if name not in table.c:
+        columns = ", ".join(c.name for c in table.c)
+        raise UsageError(
+            f"--eq {name}: table {table.fullname!r} has no column {name!r} (columns: {columns})"
+        )
+    try:
+        kind = table.c[name].type.python_type
+    except NotImplementedError:
+        return raw
+    try:
+        if kind is bool:
+            word = raw.strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise ValueError(word)
+            return word in _TRUE
+        if kind in (int, float, decimal.Decimal, uuid.UUID):
+            return kind(raw.strip())
+        if kind in (dt.date, dt.datetime, dt.time):
+            return kind.fromisoformat(raw.strip())
+    except (ValueError, ArithmeticError):
+        raise UsageError(
+            f"--eq {name}={raw!r}: not a valid {kind.__name__} for column {table.fullname}.{name}"
+        ) from None
+    return raw
+
+
+def _where_clause(where: str) -> Any:
+    """The condition as literal SQL: every colon escaped, so no value can bind into it."""
+    return text(where.replace(":", "\\:"))
+
+
+def _check_where(engine: Engine, table: Any, where: str, clause: Any) -> None:
+    """Run the condition once on every row, before the layers count anything.
+
+    On PostgreSQL this count runs in a read-only transaction, so a condition that
+    would write (``nextval()``, a function that deletes) is refused as bad input.
+    """
+    statement = select(func.count()).select_from(table).where(clause)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            conn.execute(statement).all()
+            conn.rollback()
+    except SQLAlchemyError as exc:
+        raise UsageError(
+            f"--where {where!r} is not a condition on {table.fullname}: "
+            f"{_db_message(exc, engine.url)}"
+        ) from None
+
+
+def _table_lines(rows: Sequence[tuple[str, int | None]], marks: Mapping[str, str]) -> list[str]:
+    width = max([len(name) for name, _ in rows] + [5])
+    lines = [
+        f"  {name.ljust(width)}  {'-' if n is None else n:>8}{marks.get(name, '')}"
+        for name, n in rows
+    ]
+    total = sum(n or 0 for _, n in rows)
+    lines.append(f"  {'total'.ljust(width)}  {total:>8}")
+    return lines
+
+
+def _print_verdict(cleanup: Cleanup) -> None:
+    target, verdict = cleanup.target, cleanup.verdict
+    if target is None or verdict is None:
+        return
+    print(f"target:  {target.masked_url}")
+    print(f"verdict: {verdict.level.name}")
+    for reason in verdict.reasons:
+        print(f"  {reason.level.name:<8} {reason.rule:<12} {reason.text}")
+
+
+def _report_outcomes(cleanup: Cleanup | CleanupError, table: str, cascade: bool) -> None:
+    """Each table's counted (dry) or deleted rows, the cascade's tables marked."""
+    outcomes = [o for o in cleanup.outcomes if o.table is not None]
+    if not outcomes:
+        return
+    marks = {o.table: "  (cascade)" for o in outcomes if cascade and o.table and o.table != table}
+    for o in outcomes:
+        if o.updated:
+            marks[o.table or ""] = f"  ({o.updated} updated by the database)"
+    if all(o.status == "deleted" for o in outcomes):
+        print("deleted:")
+        print("\n".join(_table_lines([(o.table or "", o.deleted) for o in outcomes], marks)))
+        backups = sorted({o.backup for o in outcomes if o.backup})
+        for path in backups:
+            print(f"backup:  {path}")
+            if path.endswith(".jsonl"):
+                print(f"restore: {PROG} restore {path}")
+        return
+    print("rows matched:")
+    print("\n".join(_table_lines([(o.table or "", o.counted) for o in outcomes], marks)))
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete the rows of TABLE that match, through the five layers; dry by default."""
+    try:
+        return _delete(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _delete_setup(args: argparse.Namespace) -> tuple[Settings, Engine, Path]:
+    if not args.where and not args.eq:
+        raise UsageError(
+            f"give --where SQL or --eq COLUMN=VALUE: delete never takes every row of {args.table}"
+        )
+    if args.max_rows is not None and args.max_rows < 0:
+        raise UsageError(f"--max-rows {args.max_rows}: give a whole number of rows")
+    try:
+        _, settings = _settings(args)
+        url = _parse(args.url)
+        engine = _engine(url)
+        folder = _backup_dir(args)
+    except CliError as exc:
+        raise UsageError(str(exc)) from None
+    return settings, engine, folder
+
+
+def _delete(args: argparse.Namespace) -> int:
+    settings, engine, folder = _delete_setup(args)
+    equals = _eq_pairs(args.eq)
+    cleanup = Cleanup(
+        engine,
+        mode="apply" if args.apply else "dry",
+        confirm=args.confirm,
+        max_rows=args.max_rows,
+        backup=args.backup or settings.backup,
+        backup_dir=folder,
+        report_path=args.report,
+        label=DELETE_LABEL,
+        settings=settings,
+        confirm_hint=lambda target: f"add --confirm {target.name}",
+    )
+    masked = mask_url(engine.url)
+    table_name = args.table
+    try:
+        with cleanup as c:
+            try:
+                table = c.table(args.table)
+            except RegistrationError as exc:
+                raise UsageError(str(exc)) from None
+            table_name = table.fullname
+            values = {name: _coerce(table, name, raw) for name, raw in equals.items()}
+            where = []
+            if args.where:
+                where.append(Grouping(_where_clause(args.where)))
+                _check_where(engine, table, args.where, where[0])
+            try:
+                c.delete(table, *where, cascade=args.cascade, **values)
+            except RegistrationError as exc:
+                raise UsageError(str(exc)) from None
+            _print_verdict(c)  # bad input above is one line; the layers run on leaving
+    except CleanupError as exc:
+        if exc.exit_code != EXIT_BLOCKED:
+            _report_outcomes(exc, table_name, args.cascade)
+        print(
+            f"{PROG}: {'refused' if isinstance(exc, CleanupRefused) else 'failed'}: {exc}",
+            file=sys.stderr,
+        )
+        return exc.exit_code
+    except SQLAlchemyError as exc:
+        raise CliError(f"could not use {masked}: {_db_message(exc, engine.url)}") from None
+    finally:
+        engine.dispose()
+    _report_outcomes(c, table_name, args.cascade)
+    if c.mode == "dry":
+        name = c.target.name if c.target else "NAME"
+        print(f"dry run: nothing was deleted; add --apply --confirm {name} to delete these rows")
+    return 0
+
+
+def add_delete_parser(commands: Any, config_options: ArgumentParser) -> None:
+    """The ``delete`` sub-command: its usage errors exit 4."""
+    delete = commands.add_parser(
+        "delete",
+        parents=[config_options],
+        help="delete rows of a table through the five layers (dry unless --apply)",
+        description=(
+            "Delete the rows of TABLE that match --where and --eq, through the guard, "
+            "intent, backup and counts. Dry by default. Exit 0 done or dry, 1 refused "
+            "(confirmation, --max-rows), 2 BLOCK, 3 failed and rolled back, 4 usage."
+        ),
+    )
+    delete.usage_exit = EXIT_USAGE
+    delete.add_argument("url", metavar="URL", help="database URL (SQLAlchemy form)")
+    delete.add_argument("table", metavar="TABLE", help="table name (schema.table allowed)")
+    delete.add_argument(
+        "--where", metavar="SQL", help="one SQL condition on TABLE (literal SQL, no values bound)"
+    )
+    delete.add_argument(
+        "--eq",
+        metavar="COLUMN=VALUE",
+        action="append",
+        default=[],
+        help="COLUMN equals VALUE, bound as the column's type (repeatable, AND-ed)",
+    )
+    delete.add_argument(
+        "--cascade",
+        action="store_true",
+        help="also delete the rows that reference these through foreign keys",
+    )
+    delete.add_argument("--apply", action="store_true", help="delete (default: dry run)")
+    delete.add_argument(
+        "--confirm", metavar="NAME", help="the database name (required for --apply off a terminal)"
+    )
+    delete.add_argument("--max-rows", type=int, metavar="N", help="most rows to delete")
+    delete.add_argument("--backup", choices=BACKUPS, help="backup strategy (default rows)")
+    delete.add_argument(
+        "--backup-dir",
+        dest="dir",
+        type=Path,
+        metavar="DIR",
+        help="backup folder (default .safe-cleanup/backups next to the pytest config)",
+    )
+    delete.add_argument("--report", type=Path, metavar="PATH", help="write a JSON report")
+    delete.set_defaults(func=cmd_delete, parser=delete)
 
 
 def _fail(message: str) -> int:
@@ -646,7 +904,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command and return its exit code; errors are one line on stderr."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the sub-command's parser, with its exit code
+            usage: ArgumentParser = getattr(args, "parser", parser)
+            usage.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     func: Callable[[argparse.Namespace], int] = args.func

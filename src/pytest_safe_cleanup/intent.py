@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,16 +77,43 @@ def marker_hint(target: Target, environ: Mapping[str, str] | None = None) -> str
     return f"@pytest.mark.safe_cleanup(confirm=[{listed}])"
 
 
-def prompt_text(target: Target, verdict: Verdict) -> str:
-    """What the person is shown before typing the database name."""
+def prompt_text(
+    target: Target,
+    verdict: Verdict,
+    counts: Sequence[tuple[str, int]] = (),
+    policy: Policy | None = None,
+) -> str:
+    """What the person is shown before typing the database name: target, verdict, counts."""
+    policy = policy or Policy()
     lines = [
         "",
-        f"safe-cleanup: about to delete test data in {target.masked_url}",
+        f"safe-cleanup: about to delete {policy.subject} in {target.masked_url}",
+        f"  verdict: {verdict.level.name}",
         *(f"  - {r.text}" for r in verdict.deciding),
-        f"Type the database name ({target.name}) to allow cleanup for this session, "
-        "anything else to keep this target dry: ",
     ]
+    if counts:
+        width = max(len(table) for table, _ in counts)
+        lines.append("  rows to delete:")
+        lines.extend(f"    {table.ljust(width)}  {n:>8}" for table, n in counts)
+        lines.append(f"    {'total'.ljust(width)}  {sum(n for _, n in counts):>8}")
+    lines.append(f"Type the database name ({target.name}) {policy.question}: ")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How intent is asked for.
+
+    The plugin asks only where the guard says CONFIRM, and opts tests in by marker; a
+    cleanup script run by a person (the incident's case) asks whatever the verdict,
+    and a run without a terminal names the database in ``how`` (``confirm=``).
+    """
+
+    always: bool = False
+    subject: str = "test data"
+    question: str = "to allow cleanup for this session, anything else to keep this target dry"
+    #: how a run without a terminal names the database (None: the pytest marker)
+    how: Callable[[Target], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +130,7 @@ class IntentBook:
     """Answers already given this session, one per target: the prompt never repeats."""
 
     answers: dict[str, bool] = field(default_factory=dict)
+    policy: Policy = field(default_factory=Policy)
 
     def decide(
         self,
@@ -112,23 +140,53 @@ class IntentBook:
         interactive: bool,
         confirms: Iterable[str],
         prompt: Callable[[str], str] | None,
+        preview: Callable[[], Sequence[tuple[str, int]]] | None = None,
     ) -> Decision:
-        """Decide for one cleanup on ``target`` in apply mode."""
+        """Decide for one cleanup on ``target`` in apply mode.
+
+        ``preview`` gives the per-table counts shown above the question; it is called
+        only when the person is asked.
+        """
         if verdict.level is Level.BLOCK:
             return Decision(False, "refused", f"refused: {verdict.explain()}")
-        if verdict.level is Level.ALLOW:
-            return Decision(True, "deleted")
-        if target.name in set(confirms):
-            return Decision(True, "deleted", f"confirmed by marker for {target.name!r}")
+        names = set(confirms)
+        if not self.policy.always:
+            if verdict.level is Level.ALLOW:
+                return Decision(True, "deleted")
+            if target.name in names:
+                return Decision(True, "deleted", f"confirmed by marker for {target.name!r}")
         if interactive and prompt is not None:
             if target.key not in self.answers:
-                answer = prompt(prompt_text(target, verdict))
+                counts = preview() if preview is not None else ()
+                answer = prompt(prompt_text(target, verdict, counts, self.policy))
                 # An empty name must not let a bare Enter confirm.
                 self.answers[target.key] = bool(target.name) and answer.strip() == target.name
             if self.answers[target.key]:
                 return Decision(True, "deleted", f"confirmed at the prompt for {target.name!r}")
+            if self.policy.always:
+                return Decision(
+                    False,
+                    "dry",
+                    f"not confirmed at the prompt: nothing was deleted in {target.name!r}",
+                )
             return Decision(
                 False, "dry", f"not confirmed at the prompt: {target.name!r} stays dry this session"
+            )
+        if self.policy.always:
+            if target.name and target.name in names:
+                return Decision(True, "deleted", f"confirmed by name for {target.name!r}")
+            how = self.policy.how(target) if self.policy.how is not None else marker_hint(target)
+            given = (
+                f"the confirmation {', '.join(sorted(names))!r} does not name this database"
+                if names
+                else "no confirmation was given"
+            )
+            return Decision(
+                False,
+                "held",
+                f"apply on {target.masked_url} ({verdict.level.name}) needs the database name "
+                f"{target.name!r} when no person is at a terminal, and {given}: nothing was "
+                f"deleted; {how}",
             )
         return Decision(
             False,

@@ -35,7 +35,7 @@ from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from sqlalchemy.orm import InstanceState, Session
-from sqlalchemy.sql.elements import ColumnElement, TextClause, True_
+from sqlalchemy.sql.elements import ColumnElement, Grouping, TextClause, True_
 from sqlalchemy.sql.visitors import replacement_traverse
 
 from .stamp import STAMP_TABLE
@@ -297,7 +297,11 @@ def build_condition(
             raise RegistrationError(
                 f"condition {expr!r} is not a SQLAlchemy expression: use table.c.col == value"
             )
-        clauses.append(expr)  # type: ignore[arg-type]
+        if isinstance(expr, TextClause):
+            # SQLAlchemy never parenthesises text(): "a OR b" AND-ed with tenant=5
+            # would read "a OR b AND tenant = 5" and reach other tenants' rows.
+            expr = Grouping(expr)
+        clauses.append(expr)
     for key, value in equals.items():
         if key not in table.c:
             columns = ", ".join(c.name for c in table.c)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import executor
 from .backup import BackupError, BackupStore, dump_database
 from .guard import Level, Verdict
-from .intent import IntentBook
+from .intent import IntentBook, Policy
 from .plan import (
     AnyEngine,
     Plan,
@@ -78,6 +78,8 @@ class Conductor:
         interactive: bool,
         prompt: Callable[[str], str] | None,
         store: BackupStore | None = None,
+        policy: Policy | None = None,
+        on_failure: Callable[[Exception], None] | None = None,
     ) -> None:
         self.settings = settings
         self.guardian = guardian
@@ -85,7 +87,10 @@ class Conductor:
         self.interactive = interactive
         self.prompt = prompt
         self.store = store
-        self.intents = IntentBook()
+        #: how intent is asked (the plugin's default; Cleanup asks whatever the verdict)
+        self.intents = IntentBook(policy=policy or Policy())
+        #: told of the error behind each failed cleanup (a caller acts on its kind)
+        self.on_failure = on_failure
         #: whole-database dumps made this session, per target
         self._dumps: dict[str, str] = {}
         self._hinted: set[tuple[str, str]] = set()
@@ -149,6 +154,8 @@ class Conductor:
         return list(dict.fromkeys(errors))
 
     def _failure(self, exc: Exception, engine: AnyEngine, ctx: TestContext) -> list[Outcome]:
+        if self.on_failure is not None:
+            self.on_failure(exc)
         if isinstance(exc, Blocked):
             return [Outcome(ctx.nodeid, exc.target.name, None, None, None, "refused", str(exc))]
         name = self.guardian.target(engine.url).name
@@ -214,7 +221,12 @@ class Conductor:
 
         confirms = frozenset.intersection(*(r.confirms for r in registrations))
         decision = self.intents.decide(
-            target, verdict, interactive=self.interactive, confirms=confirms, prompt=self.prompt
+            target,
+            verdict,
+            interactive=self.interactive,
+            confirms=confirms,
+            prompt=self.prompt,
+            preview=lambda: [(c.table, c.counted) for c in counted()],
         )
         if not decision.proceed:
             info = self.report.targets.get(target.key)
