@@ -1481,3 +1481,338 @@ def test_mariadb_query_host_is_confirm(
 
     result.stdout.fnmatch_lines([f"target {name_of(url)} *: CONFIRM"])
     assert mysql_state(url)["ids"] == IDS
+
+
+# ==================================================================== holes
+# Ways around the rules that still change rows (see the commit titled "Failing: ...").
+
+LIFT_PG = """
+import psycopg
+from sqlalchemy import create_engine, event
+
+
+def rows():
+    with psycopg.connect(LIBPQ) as c:
+        return c.execute("SELECT count(*) FROM items").fetchone()[0]
+
+
+def test_raw_access_cannot_write():
+    # the user's own first_connect listener, on an engine's first DBAPI connection
+    first = create_engine(BLOCKED)
+
+    @event.listens_for(first, "first_connect")
+    def on_first_connect(dbapi_connection, record):
+        dbapi_connection.cursor().execute("DELETE FROM items WHERE id = 4")
+        dbapi_connection.commit()
+
+    attempt("own first_connect listener", lambda: first.connect().close(), rows)
+
+    engine = create_engine(BLOCKED)
+    try:
+        engine.connect().close()
+    except Exception:
+        pass
+
+    def lift(*statements, read_only=None):
+        def run():
+            conn = engine.raw_connection()
+            try:
+                if read_only is not None:
+                    conn.driver_connection.read_only = read_only
+                cur = conn.cursor()
+                for sql in statements:
+                    cur.execute(sql)
+                conn.commit()
+            finally:
+                conn.close()
+        return run
+
+    attempt("SET default_transaction_read_only = off",
+            lift("SET default_transaction_read_only = off", "DELETE FROM items WHERE id = 1"),
+            rows)
+    attempt("SET default_transaction_read_only = off, COMMIT",
+            lift("SET default_transaction_read_only = off", "COMMIT",
+                 "DELETE FROM items WHERE id = 5"), rows)
+    attempt("SET TRANSACTION READ WRITE",
+            lift("SET TRANSACTION READ WRITE", "DELETE FROM items WHERE id = 2"), rows)
+    attempt("psycopg read_only = False",
+            lift("DELETE FROM items WHERE id = 3", read_only=False), rows)
+"""
+
+
+def test_raw_access_cannot_write_to_a_blocked_database_postgres(
+    pytester: pytest.Pytester, pg_databases: PgDatabases, env_test: None
+) -> None:
+    """A user's first_connect listener runs before the watch; a raw cursor lifts read-only."""
+    blocked = blocked_pg(pg_databases)
+    pytester.makepyfile(test_lift=project(BLOCKED=blocked, LIBPQ=libpq(blocked)) + LIFT_PG)
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+    check_attempts(
+        results_of(pytester, result),
+        {
+            "own first_connect listener": ("*", ITEMS),
+            "SET default_transaction_read_only = off": ("*", ITEMS),
+            "SET default_transaction_read_only = off, COMMIT": ("*", ITEMS),
+            "SET TRANSACTION READ WRITE": ("*", ITEMS),
+            "psycopg read_only = False": ("*", ITEMS),
+        },
+    )
+    assert pg_state(blocked) == untouched_pg()
+
+
+RAW_OTHER_PG = """
+from sqlalchemy import create_engine
+
+
+def test_raw_cursor_on_an_allowed_connection():
+    engine = create_engine(ALLOWED)
+
+    def raw(sql):
+        def run():
+            conn = engine.raw_connection()
+            try:
+                conn.driver_connection.autocommit = True
+                conn.cursor().execute(sql)
+            finally:
+                conn.close()
+        return run
+
+    attempt("raw ALTER DATABASE other RESET ALL", raw(f'ALTER DATABASE "{B}" RESET ALL'),
+            state)
+    attempt("raw DROP DATABASE other", raw(f'DROP DATABASE "{PROD}" WITH (FORCE)'),
+            state)
+"""
+
+
+def test_raw_cursor_on_an_allowed_connection_cannot_reach_another_database(
+    pytester: pytest.Pytester, pg_databases: PgDatabases, env_test: None
+) -> None:
+    """A raw cursor on an allowed connection alters or drops another database."""
+    allowed = pg_databases.create("sct_ok")
+    blocked = blocked_pg(pg_databases)
+    prod = pg_databases.create("sct_x_prod")
+    seed_pg(allowed)
+    seed_pg(prod)
+    pytester.makepyfile(
+        test_raw=project(
+            ALLOWED=allowed,
+            B=name_of(blocked),
+            PROD=name_of(prod),
+            ADMIN=libpq(pg_databases.server_url),
+        )
+        + OTHER_PG_STATE
+        + RAW_OTHER_PG
+    )
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+    same = [[f"safe_cleanup.environment={PRODUCTION}"], sorted([name_of(blocked), name_of(prod)])]
+    check_attempts(
+        results_of(pytester, result),
+        {
+            "raw ALTER DATABASE other RESET ALL": ("*", same),
+            "raw DROP DATABASE other": ("*", same),
+        },
+    )
+    assert pg_state(blocked) == untouched_pg()
+    assert pg_state(prod) == untouched_pg(stamped=False)
+
+
+SQLITE_LIFT = """
+import sqlite3
+
+from sqlalchemy import create_engine
+
+
+def rows():
+    conn = sqlite3.connect(PROD)
+    try:
+        return conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def raw(engine, *statements):
+    def run():
+        conn = engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            for sql in statements:
+                cur.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+    return run
+
+
+def test_raw_sqlite():
+    engine = create_engine(f"sqlite:///{PROD}")
+    try:
+        engine.connect().close()
+    except Exception:
+        pass
+    attempt("raw PRAGMA query_only = 0", raw(engine, "PRAGMA query_only = 0",
+                                               "DELETE FROM items WHERE id = 1"), rows)
+    ok = create_engine(f"sqlite:///{OK}")
+    attempt("raw ATTACH on an allowed file", raw(ok, f"ATTACH '{PROD}' AS s",
+                                                   "DELETE FROM s.items WHERE id = 2"), rows)
+"""
+
+
+def test_sqlite_raw_cursor_cannot_lift_read_only_or_attach(
+    pytester: pytest.Pytester, env_test: None
+) -> None:
+    """A raw cursor sets PRAGMA query_only = 0, or attaches a stamped file."""
+    ok, prod = sqlite_files(pytester)
+    pytester.makepyfile(test_lift=project(OK=str(ok), PROD=str(prod)) + SQLITE_LIFT)
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+    check_attempts(
+        results_of(pytester, result),
+        {"raw PRAGMA query_only = 0": ("*", ITEMS), "raw ATTACH on an allowed file": ("*", ITEMS)},
+    )
+    assert sqlite_ids(prod) == IDS
+
+
+MYSQL_LIFT = """
+import pymysql
+from sqlalchemy import create_engine
+
+
+def rows():
+    conn = pymysql.connect(**SERVER, database=B)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM items")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_lift():
+    engine = create_engine(BLOCKED)
+    try:
+        engine.connect().close()
+    except Exception:
+        pass
+
+    def raw(*statements):
+        def run():
+            conn = engine.raw_connection()
+            try:
+                cur = conn.cursor()
+                for sql in statements:
+                    cur.execute(sql)
+                conn.commit()
+            finally:
+                conn.close()
+        return run
+
+    attempt("raw SET SESSION TRANSACTION READ WRITE",
+            raw("SET SESSION TRANSACTION READ WRITE", "DELETE FROM items WHERE id = 1"), rows)
+    attempt("raw START TRANSACTION READ WRITE",
+            raw("START TRANSACTION READ WRITE", "DELETE FROM items WHERE id = 2"), rows)
+"""
+
+
+def test_raw_cursor_cannot_lift_read_only_mariadb(
+    pytester: pytest.Pytester, mysql_databases: MysqlDatabases, env_test: None
+) -> None:
+    """A raw cursor starts a READ WRITE transaction on a BLOCK session."""
+    blocked = mysql_databases.create("sct_ledger")
+    seed_mysql(blocked, PRODUCTION)
+    pytester.makepyfile(
+        test_lift=project(BLOCKED=blocked, B=name_of(blocked), SERVER=mysql_server(blocked))
+        + MYSQL_LIFT
+    )
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+    check_attempts(
+        results_of(pytester, result),
+        {
+            "raw SET SESSION TRANSACTION READ WRITE": ("*", ITEMS),
+            "raw START TRANSACTION READ WRITE": ("*", ITEMS),
+        },
+    )
+    assert mysql_state(blocked) == {"exists": True, "ids": IDS, "stamp": [PRODUCTION]}
+
+
+MYSQL_SELECT_DB = """
+import pymysql
+from sqlalchemy import create_engine, text
+
+
+def rows():
+    conn = pymysql.connect(**SERVER, database=B)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM items")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_switch_without_a_statement():
+    engine = create_engine(ALLOWED)
+
+    def select_db():
+        with engine.connect() as conn:
+            conn.connection.driver_connection.select_db(B)
+            conn.execute(text("DELETE FROM items WHERE id = 1"))
+            conn.commit()
+
+    def raw_other():
+        conn = engine.raw_connection()
+        try:
+            conn.cursor().execute(f"DELETE FROM `{B}`.items WHERE id = 2")
+            conn.commit()
+        finally:
+            conn.close()
+
+    attempt("pymysql select_db then DELETE", select_db, rows)
+    attempt("raw cursor DELETE FROM other.items", raw_other, rows)
+"""
+
+
+def test_switching_database_without_a_statement_mariadb(
+    pytester: pytest.Pytester, mysql_databases: MysqlDatabases, env_test: None
+) -> None:
+    """pymysql's select_db() switches database without a statement the watch sees."""
+    allowed = mysql_databases.create("sct_ok")
+    blocked = mysql_databases.create("sct_ledger")
+    seed_mysql(allowed)
+    seed_mysql(blocked, PRODUCTION)
+    pytester.makepyfile(
+        test_switch=project(ALLOWED=allowed, B=name_of(blocked), SERVER=mysql_server(allowed))
+        + MYSQL_SELECT_DB
+    )
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+    check_attempts(
+        results_of(pytester, result),
+        {
+            "pymysql select_db then DELETE": ("*", ITEMS),
+            "raw cursor DELETE FROM other.items": ("*", ITEMS),
+        },
+    )
+    assert mysql_state(blocked) == {"exists": True, "ids": IDS, "stamp": [PRODUCTION]}
+
+
+def test_plugin_given_with_p_cannot_drop_before_the_watch(
+    pytester: pytest.Pytester, pg_databases: PgDatabases, env_test: None
+) -> None:
+    """A plugin module given with -p (or in addopts) is imported while pytest parses options."""
+    blocked = blocked_pg(pg_databases)
+    pytester.makepyfile(
+        early_drop=project(BLOCKED=blocked) + DROP_ALL_CONFTEST + "metadata.drop_all(engine)\n"
+    )
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "early_drop")
+
+    assert pg_state(blocked) == untouched_pg(), output_of(result)
