@@ -46,6 +46,7 @@ from .target import (
 
 INFO_KEY = "safe_cleanup"
 """Key of the verdict in a pooled connection's ``info`` (kept for the connection's life)."""
+_IDENTIFIED = "safe_cleanup_identified"
 
 
 class Blocked(RuntimeError):
@@ -345,7 +346,50 @@ _READ_ONLY = {
 }
 
 
-def make_read_only(dbapi_connection: Any, backend: str) -> None:
+_TRUE = frozenset({"1", "on", "true", "yes"})
+
+
+def _sqlite_authorizer() -> Callable[[int, str | None, str | None, str | None, str | None], int]:
+    """A sqlite3 authorizer that denies every write, ATTACH and lifting ``query_only``.
+
+    Set on the driver's connection, it holds for raw cursors too: only code that calls
+    ``set_authorizer`` itself on the driver's object removes it.
+    """
+    import sqlite3
+
+    writes = {
+        getattr(sqlite3, name)
+        for name in dir(sqlite3)
+        if name.startswith(("SQLITE_CREATE_", "SQLITE_DROP_"))
+        or name
+        in (
+            "SQLITE_INSERT",
+            "SQLITE_UPDATE",
+            "SQLITE_DELETE",
+            "SQLITE_ALTER_TABLE",
+            "SQLITE_ATTACH",
+            "SQLITE_DETACH",
+            "SQLITE_REINDEX",
+            "SQLITE_ANALYZE",
+        )
+    }
+    lifting = {"query_only", "writable_schema", "journal_mode", "schema_version", "user_version"}
+
+    def authorize(
+        action: int, arg1: str | None, arg2: str | None, schema: str | None, source: str | None
+    ) -> int:
+        if action in writes and not (arg1 or "").startswith("sqlite_temp"):
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in lifting and arg2:
+            if (arg1 or "").lower() == "query_only" and arg2.strip("'\" ").lower() in _TRUE:
+                return sqlite3.SQLITE_OK  # setting it again
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    return authorize
+
+
+def make_read_only(dbapi_connection: Any, backend: str, driver_conn: Any = None) -> None:
     """Put the session in the database's own read-only mode (BLOCK targets)."""
     cursor = dbapi_connection.cursor()
     try:
@@ -355,6 +399,11 @@ def make_read_only(dbapi_connection: Any, backend: str) -> None:
         cursor.close()
     with contextlib.suppress(Exception):
         dbapi_connection.commit()  # a SET inside a rolled-back transaction would be undone
+    if backend == "sqlite":
+        import sqlite3
+
+        if isinstance(driver_conn, sqlite3.Connection):
+            driver_conn.set_authorizer(_sqlite_authorizer())
 
 
 # -- who sent a statement ----------------------------------------------------------
@@ -486,19 +535,57 @@ class Guardian:
         reached = read_identity(record, dbapi_connection)
         target, verdict = self.judge(reached)
         record.info[INFO_KEY] = (target, verdict)
+        record.info[_IDENTIFIED] = dbapi_connection
+        driver_conn = _driver_connection(record, dbapi_connection)
         if verdict.level is Level.BLOCK:
-            make_read_only(dbapi_connection, reached.backend)
+            make_read_only(dbapi_connection, reached.backend, driver_conn)
+        elif reached.backend == "sqlite":
+            self._judge_attachments(driver_conn, target)
         return target, verdict
+
+    def _judge_attachments(self, driver_conn: Any, target: Target) -> None:
+        """SQLite: every ATTACH, raw cursors' and bound file names included, is judged.
+
+        The sqlite3 authorizer sees the file name SQLite will open, whatever the text.
+        """
+        import sqlite3
+
+        if not isinstance(driver_conn, sqlite3.Connection):
+            return
+
+        def authorize(
+            action: int, arg1: str | None, arg2: str | None, schema: str | None, src: str | None
+        ) -> int:
+            if action != sqlite3.SQLITE_ATTACH or arg1 in (":memory:", ""):
+                return sqlite3.SQLITE_OK
+            if arg1 is None:  # a bound or computed file name: cannot be judged
+                return sqlite3.SQLITE_DENY
+            path = sqlite_file(arg1)
+            stamp, problem = sqlite_stamp_of(path)
+            reached = Reached("sqlite", target.driver, path, stamp=stamp, problem=problem)
+            return (
+                sqlite3.SQLITE_DENY
+                if self.judge(reached)[1].level is Level.BLOCK
+                else (sqlite3.SQLITE_OK)
+            )
+
+        driver_conn.set_authorizer(authorize)
 
     # -- events ----------------------------------------------------------------------
     def _on_pool_connect(self, dbapi_connection: Any, record: Any) -> None:
-        self._identify(record, dbapi_connection)
+        # Also on first_connect, which fires before connect: a user's own first_connect
+        # listener (registered on the engine, so after this class-level one) must not
+        # reach a BLOCK database before it is read-only.
+        if record.info.get(_IDENTIFIED) is not dbapi_connection:
+            self._identify(record, dbapi_connection)
 
     def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         known = record.info.get(INFO_KEY)
         if known is not None and known[1].level is Level.BLOCK:
             # Whatever a raw cursor did with the last checkout, this one starts read-only.
-            make_read_only(dbapi_connection, known[0].backend)
+            make_read_only(
+                dbapi_connection, known[0].backend, _driver_connection(record, dbapi_connection)
+            )
 
     def _on_engine_connect(self, conn: Connection) -> None:
         __tracebackhide__ = True
@@ -666,6 +753,7 @@ class Guardian:
     def install(self) -> None:
         """Watch every engine in the process, made by the plugin or not."""
         if not self._installed:
+            event.listen(Pool, "first_connect", self._on_pool_connect)
             event.listen(Pool, "connect", self._on_pool_connect)
             event.listen(Pool, "checkout", self._on_checkout)
             event.listen(Engine, "engine_connect", self._on_engine_connect)
@@ -675,6 +763,7 @@ class Guardian:
     def uninstall(self) -> None:
         """Stop watching (end of the pytest session)."""
         if self._installed:
+            event.remove(Pool, "first_connect", self._on_pool_connect)
             event.remove(Pool, "connect", self._on_pool_connect)
             event.remove(Pool, "checkout", self._on_checkout)
             event.remove(Engine, "engine_connect", self._on_engine_connect)
