@@ -47,6 +47,39 @@ from .target import (
 INFO_KEY = "safe_cleanup"
 """Key of the verdict in a pooled connection's ``info`` (kept for the connection's life)."""
 _IDENTIFIED = "safe_cleanup_identified"
+_SELECTED_DB = "safe_cleanup_selected_db"
+
+
+def _record_select_db(driver_conn: Any, info: dict[str, Any]) -> None:
+    """Note every ``select_db()`` of a MySQL driver connection in the pooled connection's info.
+
+    The driver switches database with a protocol command, not a statement, and does not
+    record it anywhere the watch could read; so the method is wrapped on this one
+    connection object (sync or async, as the driver's is).
+    """
+    import inspect
+
+    original = getattr(driver_conn, "select_db", None)
+    if original is None or getattr(original, "_safe_cleanup", False):
+        return
+    wrapper: Any
+    if inspect.iscoroutinefunction(original):
+
+        async def wrapper(db: Any) -> Any:
+            result = await original(db)
+            info[_SELECTED_DB] = db
+            return result
+
+    else:
+
+        def wrapper(db: Any) -> Any:
+            result = original(db)
+            info[_SELECTED_DB] = db
+            return result
+
+    wrapper._safe_cleanup = True
+    with contextlib.suppress(AttributeError, TypeError):
+        driver_conn.select_db = wrapper
 
 
 class Blocked(RuntimeError):
@@ -541,6 +574,8 @@ class Guardian:
             make_read_only(dbapi_connection, reached.backend, driver_conn)
         elif reached.backend == "sqlite":
             self._judge_attachments(driver_conn, target)
+        if reached.backend == "mysql":
+            _record_select_db(driver_conn, record.info)
         return target, verdict
 
     def _judge_attachments(self, driver_conn: Any, target: Target) -> None:
@@ -613,7 +648,7 @@ class Guardian:
         """
         if name is None:
             reason = Reason(
-                Level.BLOCK, "reach", f"a {how} reaches a database the text does not name"
+                Level.BLOCK, "reach", f"{how}: it reaches a database its text does not name"
             )
             return target, Verdict(Level.BLOCK, (reason,))
         dbapi = conn.connection.dbapi_connection
@@ -690,12 +725,16 @@ class Guardian:
         executemany: bool,
     ) -> None:
         __tracebackhide__ = True
-        known: tuple[Target, Verdict] | None = conn.connection.info.get(INFO_KEY)
+        info = conn.connection.info
+        known: tuple[Target, Verdict] | None = info.get(INFO_KEY)
         target, verdict = known if known is not None else self._of(conn)
+        if target.backend == "mysql":
+            target, verdict = self._current_mysql_database(conn, target, verdict)
         blocked = verdict.level is Level.BLOCK
         kind = classify(statement)
         test = self.current_test
         where = f" (test {test})" if test else ""
+        verb = kind.keyword or "a statement"
         if kind.writes or blocked:
             if statements.changes_stamp(statement):
                 raise WriteRefused(
@@ -705,7 +744,7 @@ class Guardian:
                 )
             if blocked and (kind.writes or statements.lifts_read_only(statement)):
                 raise WriteRefused(
-                    f"safe-cleanup stopped {kind.keyword} on {target.masked_url} before it was "
+                    f"safe-cleanup stopped {verb} on {target.masked_url} before it was "
                     f"sent{where}: the target is read-only, BLOCK: {verdict.explain()}: "
                     f"{shorten(statement)}"
                 )
@@ -713,17 +752,43 @@ class Guardian:
             for reach in statements.reaches(statement, target.backend):
                 if reach.kind == "detach":
                     continue  # forgetting an attached file changes nothing in it
+                if reach.name is None:
+                    raise WriteRefused(
+                        f"safe-cleanup stopped {verb} through {target.masked_url} before it was "
+                        f"sent{where}: it reaches a database its text does not name "
+                        f"({reach.kind}), so the guard cannot judge it: {shorten(statement)}"
+                    )
                 named = self.database_verdict(conn, target, reach.name, reach.kind)
                 if named is not None and named[1].level is Level.BLOCK:
                     raise WriteRefused(
-                        f"safe-cleanup stopped {kind.keyword} through {target.masked_url} "
+                        f"safe-cleanup stopped {verb} through {target.masked_url} "
                         f"before it was sent{where}: it reaches {named[0].masked_url}, BLOCK: "
                         f"{named[1].explain()}: {shorten(statement)}"
                     )
                 if named is not None and reach.kind == "use":
                     # The connection now works in the database it switched to.
-                    conn.connection.info[INFO_KEY] = named
+                    info[INFO_KEY] = named
+                    info[_SELECTED_DB] = named[0].database
         self._report_unguarded(conn, statement, kind, test)
+
+    def _current_mysql_database(
+        self, conn: Connection, target: Target, verdict: Verdict
+    ) -> tuple[Target, Verdict]:
+        """The database a MySQL connection works in now.
+
+        A driver's ``select_db()`` switches it without any statement the watch sees;
+        PyMySQL records the switch on its connection.
+        """
+        current = conn.connection.info.get(_SELECTED_DB)
+        if isinstance(current, bytes):
+            current = current.decode(errors="replace")
+        if not current or current == target.database:
+            return target, verdict
+        named = self.database_verdict(conn, target, str(current), "select_db")
+        if named is None:
+            return target, verdict
+        conn.connection.info[INFO_KEY] = named
+        return named
 
     def _report_unguarded(
         self, conn: Connection, statement: str, kind: statements.Statement, test: str | None
