@@ -8,7 +8,7 @@ no code path reaches a DELETE without one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -44,11 +44,18 @@ class CountMismatch(ExecutionError):
 
 @dataclass(frozen=True)
 class TableCount:
-    """Counted rows of one table, and deleted rows where the plan was applied."""
+    """Counted rows of one table, and deleted rows where the plan was applied.
+
+    ``updated``: rows the database changes through ``ON DELETE SET NULL``/``SET
+    DEFAULT`` (None where no foreign key action reaches the table); ``reason`` says
+    why a table nobody registered is in the plan ("database cascade").
+    """
 
     table: str
     counted: int
     deleted: int | None = None
+    updated: int | None = None
+    reason: str = ""
 
 
 def count_statement(plan: Plan) -> Select[Any]:
@@ -77,19 +84,39 @@ def _require(verdict: Verdict) -> None:
         raise ExecutionError(f"refused: {verdict.explain()}")
 
 
+def _count_steps(conn: Connection, plan: Plan) -> list[int]:
+    row = conn.execute(count_statement(plan)).one()
+    return [int(n) for n in tuple(row)]
+
+
+def per_table(plan: Plan, counted: Sequence[int], applied: bool) -> list[TableCount]:
+    """One count per table from the per-step counts (a table may be changed and deleted)."""
+    out: dict[str, TableCount] = {}
+    for step, n in zip(plan.steps, counted, strict=True):
+        c = out.get(step.name) or TableCount(step.name, 0, 0 if applied else None)
+        if step.action == "update":
+            c = replace(c, updated=(c.updated or 0) + n, reason=c.reason or step.reason)
+        else:
+            deleted = c.deleted + n if c.deleted is not None else None
+            c = replace(c, counted=c.counted + n, deleted=deleted, reason=step.reason)
+        out[step.name] = c
+    return list(out.values())
+
+
 def count(conn: Connection, plan: Plan) -> list[TableCount]:
-    """Count what each step matches, in one round-trip, without changing anything."""
+    """Count what each table's steps match, in one round-trip, without changing anything."""
     if not plan:
         return []
-    row = conn.execute(count_statement(plan)).one()
-    return [TableCount(step.name, int(n)) for step, n in zip(plan.steps, tuple(row), strict=True)]
+    return per_table(plan, _count_steps(conn, plan), applied=False)
 
 
 BackupHook = Callable[[Connection, Plan, list[TableCount]], str | None]
-#: (table name, Table, column names, rows, encoding) per step, as the deletes returned them;
-#: encoding "codec": rows of Python values; "postgresql-text": rows of each value's text
-#: exactly as the server printed it (None for NULL), so no value is converted in Python
-CapturedTable = tuple[str, Table, list[str], Any, str]
+#: (table name, Table, column names, rows, encoding, changed columns) per step, as the
+#: deletes returned them; encoding "codec": rows of Python values; "postgresql-text":
+#: rows of each value's text exactly as the server printed it (None for NULL), so no
+#: value is converted in Python; changed columns: None for deleted rows, the columns a
+#: foreign key action sets for rows the database changes (restore puts them back)
+CapturedTable = tuple[str, Table, list[str], Any, str, tuple[str, ...] | None]
 SERVER_TEXT = "postgresql-text"
 
 
@@ -122,14 +149,32 @@ def _as_server_text(cursor: Any) -> None:
         cursor.adapters.register_loader(oid, TextLoader)
 
 
+def rows_statement(step: Step) -> Select[Any]:
+    """The rows of a step as they are now (locked: nobody changes them before the commit)."""
+    return (
+        select(literal_column("*"))
+        .select_from(step.selectable)
+        .where(step.condition)
+        .with_for_update()
+    )
+
+
 def _delete_returning(conn: Connection, step: Step, counted: int) -> CapturedTable:
     """Delete one step's rows and take them back as the backup's rows.
+
+    An "update" step deletes nothing: its rows are read, locked, as they are before a
+    later step's delete makes the database change them.
 
     On PostgreSQL through psycopg the rows come back as the server's text for each
     value, which restore hands back to ``COPY FROM``: exact for every type. Elsewhere
     the driver's values go through the codec.
     """
-    result: CursorResult[Any] = conn.execute(delete_statement(step).returning(literal_column("*")))
+    statement: Any = (
+        rows_statement(step)
+        if step.action == "update"
+        else delete_statement(step).returning(literal_column("*"))
+    )
+    result: CursorResult[Any] = conn.execute(statement)
     try:
         dialect = conn.dialect
         if dialect.name == "postgresql" and dialect.driver == "psycopg" and not dialect.is_async:
@@ -144,7 +189,8 @@ def _delete_returning(conn: Connection, step: Step, counted: int) -> CapturedTab
         result.close()
     if len(rows) != counted:
         raise _mismatch(step.name, counted, len(rows))
-    return step.name, step.table, columns, rows, encoding
+    changes = step.changes if step.action == "update" else None
+    return step.name, step.table, columns, rows, encoding, changes
 
 
 def _mismatch(name: str, counted: int, deleted: int) -> CountMismatch:
@@ -184,35 +230,43 @@ def apply(
             )
     conn = bind.execution_options(**{EXECUTOR_OPTION: True})
     with conn.begin():
-        counts = count(conn, plan)
-        total = sum(c.counted for c in counts)
+        counted = _count_steps(conn, plan)
+        counts = per_table(plan, counted, applied=True)
+        total = sum(counted)
         if total > max_rows:
             raise LimitExceeded(
                 f"cleanup matches {total} rows, more than max_rows={max_rows}: "
                 "nothing was deleted; narrow the registration or raise "
                 "@pytest.mark.safe_cleanup(max_rows=...) / ini safe_cleanup_max_rows"
+                + _radius(counts)
             )
         if total == 0:
-            return [TableCount(c.table, 0, 0) for c in counts], None
-        done: list[TableCount] = []
+            return counts, None
         if capture is not None and conn.dialect.delete_returning:
             pending = capture(conn, plan)
             try:
-                for step, counted in zip(plan.steps, counts, strict=True):
-                    pending.add(_delete_returning(conn, step, counted.counted))
-                    done.append(TableCount(step.name, counted.counted, counted.counted))
+                for step, n in zip(plan.steps, counted, strict=True):
+                    pending.add(_delete_returning(conn, step, n))
                 location = pending.finish(counts)
             except BaseException:
                 pending.abort()
                 raise
-            return done, location
+            return counts, location
         location = backup(conn, plan, counts) if backup is not None else None
-        for step, counted in zip(plan.steps, counts, strict=True):
+        for step, n in zip(plan.steps, counted, strict=True):
+            if step.action == "update":
+                continue  # locked and backed up; the delete of what they reference changes them
             deleted = conn.execute(delete_statement(step)).rowcount
-            if deleted != counted.counted:
-                raise _mismatch(step.name, counted.counted, deleted)
-            done.append(TableCount(step.name, counted.counted, deleted))
-    return done, location
+            if deleted != n:
+                raise _mismatch(step.name, n, deleted)
+    return counts, location
+
+
+def _radius(counts: Sequence[TableCount]) -> str:
+    """What of a refused total the database's foreign key actions added."""
+    parts = [f"{c.table} {c.counted} by database cascade" for c in counts if c.reason and c.counted]
+    parts += [f"{c.table} {c.updated} changed by the database" for c in counts if c.updated]
+    return f" (of which {', '.join(parts)})" if parts else ""
 
 
 _UNINDEXED_FKS = """

@@ -23,7 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import executor
+from . import blast, executor
 from .backup import BackupError, BackupStore, dump_database
 from .guard import Level, Reason, Verdict, evaluate, read_environment
 from .intent import IntentBook
@@ -293,6 +293,8 @@ class Conductor:
         #: whole-database dumps made this session, per target
         self._dumps: dict[str, str] = {}
         self._hinted: set[tuple[str, str]] = set()
+        #: foreign keys into planned tables, per target (blast radius)
+        self._references = blast.References()
 
     def finish(
         self, entries: list[tuple[AnyEngine, list[Registration]]], ctx: TestContext
@@ -375,6 +377,7 @@ class Conductor:
         """Plan, verdict, intent and execution for one database, on one connection."""
         plan = build_plan(registrations)
         target, verdict = self.guardian.check_connection(conn)
+        plan = blast.extend(conn, plan, self._references, target.key)
         self._hint(conn, target, plan)
 
         def outcomes(
@@ -385,7 +388,15 @@ class Conductor:
         ) -> list[Outcome]:
             return [
                 Outcome(
-                    ctx.nodeid, target.name, c.table, c.counted, c.deleted, status, reason, backup
+                    ctx.nodeid,
+                    target.name,
+                    c.table,
+                    c.counted,
+                    c.deleted,
+                    status,
+                    reason or (c.reason if status in ("deleted", "dry") else ""),
+                    backup,
+                    c.updated,
                 )
                 for c in counts
             ]
@@ -516,6 +527,11 @@ class Conductor:
                 "target": target.masked_url,
                 "verdict": verdict.level.name,
                 "rows": {c.table: c.deleted for c in done},
+                **(
+                    {"updated": {c.table: c.updated for c in done if c.updated}}
+                    if any(c.updated for c in done)
+                    else {}
+                ),
                 "backup": location,
                 "strategy": strategy,
             }

@@ -52,6 +52,9 @@ class BackupTable:
     #: "codec" (values through codec.py) or "postgresql-text" (each value's text as
     #: the server printed it, None for NULL; restore hands it back to ``COPY FROM``)
     encoding: str = "codec"
+    #: None: the rows were deleted. Otherwise the rows were changed, not deleted, by a
+    #: foreign key action (``SET NULL``/``SET DEFAULT``) on these columns
+    changes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,8 @@ class Backup:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Rows per table."""
-        return {t.name: len(t.rows) for t in self.tables}
+        """Rows per table (deleted and changed ones)."""
+        return _counts(self.tables)
 
     @property
     def url(self) -> str:
@@ -95,6 +98,13 @@ class Backup:
         return None if secret else str(value)
 
 
+def _counts(tables: list[BackupTable]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in tables:
+        counts[t.name] = counts.get(t.name, 0) + len(t.rows)
+    return counts
+
+
 def dumps(value: Any) -> bytes:
     """One compact JSON line (ASCII, so any text survives; no NaN, which is not JSON)."""
     return (
@@ -107,6 +117,17 @@ def _server_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise CodecError(f"a value that is not the server's text: {value!r}")
+
+
+def _changes(record: dict[str, Any]) -> tuple[str, ...] | None:
+    changes = record.get("changes")
+    if changes is None:
+        return None
+    if not isinstance(changes, list) or not all(isinstance(c, str) for c in changes):
+        raise ValueError("changes is not a list of column names")
+    if not set(changes) <= set(record["columns"]):
+        raise ValueError("changes names a column the record does not hold")
+    return tuple(changes)
 
 
 def _damaged(path: Path, why: str) -> BackupError:
@@ -170,6 +191,7 @@ def parse(path: Path, data: bytes) -> Backup:
                         record.get("schema"),
                         tuple(str(c) for c in record["columns"]),
                         encoding=encoding,
+                        changes=_changes(record),
                     )
                 )
                 value_of = _server_text if encoding == SERVER_TEXT else decode
@@ -179,7 +201,7 @@ def parse(path: Path, data: bytes) -> Backup:
         if isinstance(exc, CodecError):
             raise _damaged(path, f"a value cannot be decoded: {exc}") from None
         raise _damaged(path, f"an unreadable record: {exc}") from None
-    counts = {t.name: len(t.rows) for t in tables}
+    counts = _counts(tables)
     if footer.get("rows") != counts or [t.name for t in tables] != header.get("tables"):
         raise _damaged(path, "row counts or tables differ from the footer")
     return Backup(path, header, tables, digest)

@@ -5,6 +5,8 @@ that every table and column of the backup exists in the target (a backup restore
 into another schema stops here), and which rows already exist. A row whose primary
 key is already there is a conflict that aborts the whole restore unless
 ``skip_existing`` says to keep the row in the database and skip the backup's copy.
+Rows a foreign key action changed (``SET NULL``/``SET DEFAULT``) get their old values
+back once the rows they reference are in again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, MetaData, Table, TableClause, column, insert, select, tuple_
+from sqlalchemy import (
+    JSON,
+    MetaData,
+    Table,
+    TableClause,
+    and_,
+    bindparam,
+    column,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchTableError
@@ -173,12 +187,69 @@ class _ServerRows:
         sql = f"SELECT count(*) FROM {self.stage} AS r WHERE {self.exists}"
         return int(self.conn.exec_driver_sql(sql).scalar_one())
 
+    def update(self, prep: _Prepared) -> int:
+        """Put the changed columns' old values back on the rows the stage names."""
+        preparer = self.conn.dialect.identifier_preparer
+        changes = prep.backup.changes or ()
+        sets = ", ".join(f"{preparer.quote(c)} = r.{preparer.quote(c)}" for c in changes)
+        match = " AND ".join(_same(preparer.quote(c), bool(prep.key)) for c in _match(prep))
+        result = self.conn.exec_driver_sql(
+            f"UPDATE {self.table} AS t SET {sets} FROM {self.stage} AS r WHERE {match}"
+        )
+        return int(result.rowcount)
+
     def insert(self, skip_existing: bool) -> None:
         where = f" WHERE NOT {self.exists}" if skip_existing else ""
         self.conn.exec_driver_sql(
             f"INSERT INTO {self.table} ({self.columns}) OVERRIDING SYSTEM VALUE "
             f"SELECT {self.picked} FROM {self.stage} AS r{where}"
         )
+
+
+def _match(prep: _Prepared) -> list[str]:
+    """The columns that find a changed row again: its primary key, else every other column."""
+    if prep.key:
+        return [prep.backup.columns[i] for i in prep.key]
+    changes = set(prep.backup.changes or ())
+    return [c for c in prep.columns if c not in changes]
+
+
+def _same(name: str, keyed: bool) -> str:
+    """Equal in the target and the stage; without a key, any type, NULL equal to NULL."""
+    if keyed:
+        return f"t.{name} = r.{name}"
+    return f"CAST(t.{name} AS text) IS NOT DISTINCT FROM CAST(r.{name} AS text)"
+
+
+def _update_rows(conn: Connection, prep: _Prepared) -> int:
+    """Put the changed columns' old values back, row by row (codec rows)."""
+    changes = prep.backup.changes or ()
+    match = _match(prep)
+    condition = and_(
+        *(
+            prep.clause.c[c] == bindparam(f"k_{i}", type_=prep.clause.c[c].type)
+            if prep.key
+            else prep.clause.c[c].is_not_distinct_from(
+                bindparam(f"k_{i}", type_=prep.clause.c[c].type)
+            )
+            for i, c in enumerate(match)
+        )
+    )
+    values = {c: bindparam(f"v_{i}", type_=prep.clause.c[c].type) for i, c in enumerate(changes)}
+    statement = update(prep.clause).where(condition).values(values)
+    index = prep.backup.columns.index
+    params = [
+        {
+            **{f"k_{i}": row[index(c)] for i, c in enumerate(match)},
+            **{f"v_{i}": row[index(c)] for i, c in enumerate(changes)},
+        }
+        for row in prep.rows
+    ]
+    done = 0
+    for chunk in _chunks(params, CHUNK):
+        result = conn.execute(statement, list(chunk))
+        done += max(int(result.rowcount), 0)
+    return done
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -234,11 +305,20 @@ def restore_backup(
         try:
             prepared = [_prepare(conn, bt, typed) for bt in reversed(backup.tables)]
             plans = []
-            servers: dict[str, _ServerRows | None] = {}
-            for prep in prepared:
+            servers: dict[int, _ServerRows | None] = {}
+            for index, prep in enumerate(prepared):
+                name = prep.backup.name
+                if prep.backup.changes is not None:
+                    # changed, not deleted: old values go back once their parents are in
+                    if prep.rows and prep.backup.encoding == SERVER_TEXT:
+                        servers[index] = _ServerRows(conn, prep)
+                    restored[name] = restored.get(name, 0) + len(prep.rows)
+                    skipped.setdefault(name, 0)
+                    plans.append((prep, prep.rows))
+                    continue
                 if prep.backup.encoding == SERVER_TEXT:
                     server = _ServerRows(conn, prep) if prep.rows else None
-                    servers[prep.backup.name] = server
+                    servers[index] = server
                     taken = server.conflicts() if server is not None else 0
                     rows = prep.rows[: len(prep.rows) - taken]  # only their number is used
                 else:
@@ -246,9 +326,9 @@ def restore_backup(
                     rows = [r for r in prep.rows if tuple(r[i] for i in prep.key) not in existing]
                     taken = len(prep.rows) - len(rows)
                 if taken and not skip_existing:
-                    conflicts[prep.backup.name] = taken
-                skipped[prep.backup.name] = taken if skip_existing else 0
-                restored[prep.backup.name] = len(rows)
+                    conflicts[name] = conflicts.get(name, 0) + taken
+                skipped[name] = skipped.get(name, 0) + (taken if skip_existing else 0)
+                restored[name] = restored.get(name, 0) + len(rows)
                 plans.append((prep, rows))
             if conflicts and not dry_run:
                 detail = ", ".join(f"{name} {n}" for name, n in conflicts.items())
@@ -258,9 +338,18 @@ def restore_backup(
                     "and restore the rest"
                 )
             if not dry_run:
-                for prep, rows in plans:
+                for index, (prep, rows) in enumerate(plans):
+                    if prep.backup.changes is not None:
+                        if not rows:
+                            continue
+                        staged = servers.get(index)
+                        if staged is not None:
+                            staged.update(prep)
+                        else:
+                            _update_rows(conn, prep)
+                        continue
                     if prep.backup.encoding == SERVER_TEXT:
-                        staged = servers[prep.backup.name]
+                        staged = servers.get(index)
                         if staged is not None:
                             staged.insert(skip_existing)
                         continue

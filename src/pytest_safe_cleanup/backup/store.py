@@ -27,7 +27,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..executor import SERVER_TEXT, CapturedTable, TableCount
+from ..executor import SERVER_TEXT, CapturedTable, TableCount, rows_statement
 from ..plan import Plan
 from ..target import Target, carries_secret, first_line
 from .codec import CodecError, encode
@@ -256,16 +256,20 @@ class BackupStore:
         try:
             for step in plan.steps:
                 try:
-                    result = conn.execute(
-                        select(text("*")).select_from(step.selectable).where(step.condition)
+                    statement = (
+                        rows_statement(step)
+                        if step.action == "update"
+                        else select(text("*")).select_from(step.selectable).where(step.condition)
                     )
+                    result = conn.execute(statement)
                     columns, rows = list(result.keys()), result.all()
                 except SQLAlchemyError as exc:
                     raise BackupError(
                         f"could not read the rows to back up: {first_line(exc)}; "
                         "nothing was deleted"
                     ) from None
-                pending.add((step.name, step.table, columns, rows, "codec"))
+                changes = step.changes if step.action == "update" else None
+                pending.add((step.name, step.table, columns, rows, "codec", changes))
             return pending.complete(counts)
         except BaseException:
             pending.abort()
@@ -350,10 +354,19 @@ class BackupStore:
 
 
 def _table_lines(
-    name: str, table: Table, columns: list[str], rows: Any, encoding: str
+    name: str,
+    table: Table,
+    columns: list[str],
+    rows: Any,
+    encoding: str,
+    changes: tuple[str, ...] | None = None,
 ) -> tuple[list[bytes], int]:
-    """A table record and its rows records; the number of rows."""
-    record = {
+    """A table record and its rows records; the number of rows.
+
+    ``changes``: the rows were not deleted but changed by a foreign key action on
+    these columns; the record says so and restore puts their old values back.
+    """
+    record: dict[str, Any] = {
         "kind": "table",
         "name": name,
         "table": table.name,
@@ -362,6 +375,8 @@ def _table_lines(
     }
     if encoding != "codec":
         record["encoding"] = encoding
+    if changes is not None:
+        record["changes"] = list(changes)
     lines = [dumps(record)]
     if encoding == SERVER_TEXT:
         # every value is the server's text or None: one C-level encode per batch
@@ -432,8 +447,9 @@ class PendingBackup:
         self._submit(self._encode, captured)
 
     def _encode(self, captured: CapturedTable) -> None:
-        name, table, columns, rows, encoding = captured
-        lines, self._written[name] = _table_lines(name, table, columns, rows, encoding)
+        name = captured[0]
+        lines, n = _table_lines(*captured)
+        self._written[name] = self._written.get(name, 0) + n
         self._append(lines)
 
     def _append(self, lines: list[bytes]) -> None:
@@ -447,7 +463,7 @@ class PendingBackup:
 
     def complete(self, counts: Sequence[TableCount]) -> BackupInfo:
         """Write, fsync and read back the file; check it holds the counted rows."""
-        expected = {c.table: c.counted for c in counts}
+        expected = {c.table: c.counted + (c.updated or 0) for c in counts}
         self._submit(self._complete, expected).result()
         if self._error is not None:
             self._discard()
