@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 from test_apply_e2e import backup_root, cleanups, execute, fetch, report, restore_cli, run
 
 from pytest_safe_cleanup.backup import read_backup
@@ -227,3 +229,169 @@ def test_cascade_true_follows_foreign_keys_from_other_schemas(
     assert fetch(pg_url, "SELECT id FROM accounts") == [(2,)]
     assert fetch(pg_url, "SELECT id FROM billing.invoices") == [(20,)]
     assert fetch(pg_url, "SELECT id FROM billing.lines") == [(200,)]
+
+
+# ---------------------------------------------------------------------------- side effects
+
+SIDE_EFFECTS = """
+CREATE TABLE orders (id int PRIMARY KEY);
+CREATE TABLE shipments (id int PRIMARY KEY, order_id int);
+CREATE FUNCTION drop_shipments() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN DELETE FROM shipments WHERE order_id = OLD.id; RETURN OLD; END $$;
+CREATE TRIGGER orders_gone AFTER DELETE ON orders FOR EACH ROW EXECUTE FUNCTION drop_shipments();
+INSERT INTO orders VALUES (1), (2);
+INSERT INTO shipments SELECT g, CASE WHEN g <= 7 THEN 1 ELSE 2 END FROM generate_series(1, 9) g;
+
+CREATE TABLE items (id int PRIMARY KEY);
+CREATE TABLE audit (item_id int, at timestamptz DEFAULT now());
+CREATE FUNCTION log_item() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit (item_id) VALUES (OLD.id); RETURN OLD; END $$;
+CREATE TRIGGER items_log AFTER DELETE ON items FOR EACH ROW EXECUTE FUNCTION log_item();
+INSERT INTO items VALUES (1), (2), (3);
+
+CREATE TABLE animals (id int PRIMARY KEY, name text);
+CREATE TABLE dogs (bark text) INHERITS (animals);
+INSERT INTO animals VALUES (1, 'x'), (2, 'y');
+INSERT INTO dogs VALUES (3, 'x', 'woof'), (4, 'y', 'wuff');
+
+CREATE TABLE events (tenant int, id int) PARTITION BY LIST (tenant);
+CREATE TABLE events_1 PARTITION OF events FOR VALUES IN (1);
+CREATE TABLE events_2 PARTITION OF events FOR VALUES IN (2);
+INSERT INTO events SELECT t, g FROM generate_series(1, 2) t, generate_series(1, 5) g;
+
+CREATE TABLE rulers (id int PRIMARY KEY);
+CREATE TABLE ruled (id int PRIMARY KEY, ruler_id int);
+CREATE RULE rulers_gone AS ON DELETE TO rulers DO ALSO DELETE FROM ruled WHERE ruler_id = OLD.id;
+INSERT INTO rulers VALUES (1), (2);
+INSERT INTO ruled VALUES (1, 1), (2, 1), (3, 2);
+"""
+SIDE_TABLES = (
+    "orders",
+    "shipments",
+    "items",
+    "audit",
+    "animals",
+    "ONLY animals",
+    "dogs",
+    "events",
+    "rulers",
+    "ruled",
+)
+SIDE_TESTS = """
+def test_trigger(safe_cleanup):
+    safe_cleanup.delete("orders", id=1)
+
+
+def test_audit(safe_cleanup):
+    safe_cleanup.delete("items", id=[1, 2])
+
+
+def test_inheritance(safe_cleanup):
+    safe_cleanup.delete("animals", name="x")
+
+
+def test_partitions(safe_cleanup):
+    safe_cleanup.delete("events", tenant=1)
+
+
+def test_rule(safe_cleanup):
+    safe_cleanup.delete("rulers", id=1)
+"""
+
+
+def pg_counts(url: str, tables: tuple[str, ...]) -> dict[str, int]:
+    return {t: fetch(url, f"SELECT count(*) FROM {t}")[0][0] for t in tables}
+
+
+def test_what_triggers_rules_and_inheritance_children_would_do_is_refused(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    execute(pg_url, SIDE_EFFECTS)
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_side=SIDE_TESTS)
+    counts = pg_counts(pg_url, SIDE_TABLES)
+
+    result = run(pytester, pg_url, "--safe-cleanup=apply")
+    result.assert_outcomes(passed=5, errors=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED test_side.py::test_trigger (*): shipments: the database deleted 7 rows outside "
+            "the plan (a trigger, a rule or an inheritance child of a planned table); rolled back, "
+            "nothing was deleted*",
+            "FAILED test_side.py::test_inheritance (*): dogs: the database deleted 1 rows outside "
+            "the plan (a trigger*",
+            "FAILED test_side.py::test_rule (*): ruled: the database deleted 2 rows outside*",
+        ]
+    )
+    got = cleanups(report(pytester))
+    assert (got["test_audit", "items"]["deleted"], got["test_audit", "audit"]["reason"]) == (
+        2,
+        "2 rows inserted by a trigger",
+    )
+    assert got["test_partitions", "events"]["deleted"] == 5
+    assert pg_counts(pg_url, SIDE_TABLES) == {**counts, "items": 1, "audit": 2, "events": 5}
+
+
+def test_trusted_triggers_run_and_are_listed_with_their_counts(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    execute(pg_url, SIDE_EFFECTS)
+    pytester.makeini("[pytest]\nsafe_cleanup_triggers = trust\n")
+    pytester.makepyfile(test_side=SIDE_TESTS)
+
+    result = run(pytester, pg_url, "--safe-cleanup=apply", "-k", "trigger")
+    result.assert_outcomes(passed=1)
+    db = pg_url.rsplit("/", 1)[1]
+    result.stdout.fnmatch_lines(
+        [
+            f"{db}.orders * 1 * 1",
+            f"{db}.shipments * 0 * 7 *(outside the plan (safe_cleanup_triggers = trust))",
+        ]
+    )
+    assert pg_counts(pg_url, ("orders", "shipments")) == {"orders": 1, "shipments": 2}
+
+
+SQLITE_TRIGGER = """
+CREATE TABLE orders (id INTEGER PRIMARY KEY);
+CREATE TABLE shipments (id INTEGER PRIMARY KEY, order_id INTEGER);
+CREATE TRIGGER orders_gone AFTER DELETE ON orders
+BEGIN DELETE FROM shipments WHERE order_id = OLD.id; END;
+CREATE TRIGGER orders_new AFTER INSERT ON orders BEGIN SELECT 1; END;
+INSERT INTO orders VALUES (1), (2);
+INSERT INTO shipments VALUES (1, 1), (2, 1), (3, 2)
+"""
+
+
+@pytest.mark.parametrize("triggers", ["refuse", "trust"])
+def test_sqlite_delete_triggers_on_planned_tables_are_found_in_the_catalog(
+    pytester: pytest.Pytester, triggers: str
+) -> None:
+    url = f"sqlite:///{pytester.path / 'app.db'}"
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.connection.dbapi_connection.executescript(SQLITE_TRIGGER)  # type: ignore[union-attr]
+    engine.dispose()
+    pytester.makeini(f"[pytest]\nsafe_cleanup_triggers = {triggers}\n")
+    pytester.makepyfile(
+        test_orders="""
+        def test_order(safe_cleanup):
+            safe_cleanup.delete("orders", id=1)
+        """
+    )
+    counts = {t: len(fetch(url, f"SELECT * FROM {t}")) for t in ("orders", "shipments")}
+    result = run(pytester, url, "--safe-cleanup=apply")
+    if triggers == "refuse":
+        result.assert_outcomes(passed=1, errors=1)
+        result.stdout.fnmatch_lines(
+            [
+                "*orders: trigger orders_gone (DELETE) would run on the rows this cleanup deletes "
+                "or changes*refused, nothing was deleted*"
+            ]
+        )
+        assert {t: len(fetch(url, f"SELECT * FROM {t}")) for t in counts} == counts
+    else:
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(
+            ["app.db.orders * 1 * 1 *(trigger orders_gone (DELETE) trusted*"]
+        )
+        assert fetch(url, "SELECT id FROM shipments") == [(3,)]

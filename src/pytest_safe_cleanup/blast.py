@@ -11,6 +11,7 @@ just before the delete that changes them.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from graphlib import CycleError, TopologicalSorter
@@ -391,4 +392,181 @@ def _sort_item(item: tuple[tuple[str | None, str], Any]) -> tuple[str, str]:
     return _sort_key(item[0])
 
 
-__all__ = ["CASCADE_REASON", "Reference", "References", "TableClause", "extend"]
+# ---------------------------------------------------------------------------- side effects
+
+#: per watched relation: oid, name, the planned table it counts toward (1-based index into
+#: :tables, for itself or as a partition), and this transaction's deleted, updated and
+#: inserted tuples so far. Every table of the database is watched when a planned table,
+#: or one of its inheritance children or partitions, has a trigger or a rule.
+_PG_WATCH = text(
+    """
+WITH RECURSIVE planned AS (
+    SELECT p.rel::oid AS oid, p.n FROM unnest(CAST(:tables AS regclass[])) WITH ORDINALITY
+        AS p(rel, n)
+), tree AS (
+    SELECT oid FROM planned
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid
+), wide AS (
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_trigger t
+        WHERE t.tgrelid IN (SELECT oid FROM tree) AND NOT t.tgisinternal
+    ) OR EXISTS (
+        SELECT 1 FROM pg_catalog.pg_rewrite r
+        WHERE r.ev_class IN (SELECT oid FROM tree) AND r.rulename <> '_RETURN'
+    ) AS yes
+), watched AS (
+    SELECT oid FROM tree
+    UNION
+    SELECT c.oid FROM pg_catalog.pg_class c, wide
+    WHERE wide.yes AND c.relkind = 'r'
+      AND c.relnamespace <> 'pg_catalog'::regnamespace
+      AND c.relnamespace <> 'information_schema'::regnamespace
+)
+SELECT w.oid, c.oid::regclass::text,
+       COALESCE(
+           (SELECT p.n FROM planned p WHERE p.oid = w.oid),
+           CASE WHEN c.relispartition THEN (
+               SELECT p.n FROM pg_catalog.pg_partition_ancestors(w.oid) WITH ORDINALITY
+                   AS a(rel, depth)
+               JOIN planned p ON p.oid = a.rel ORDER BY a.depth LIMIT 1
+           ) END
+       ),
+       pg_catalog.pg_stat_get_xact_tuples_deleted(w.oid),
+       pg_catalog.pg_stat_get_xact_tuples_updated(w.oid),
+       pg_catalog.pg_stat_get_xact_tuples_inserted(w.oid)
+FROM watched w JOIN pg_catalog.pg_class c ON c.oid = w.oid
+"""
+)
+TRUSTED = "outside the plan (safe_cleanup_triggers = trust)"
+
+
+class SideEffect(RuntimeError):
+    """The database deleted or changed rows outside the plan; the transaction rolls back."""
+
+
+@dataclass(frozen=True)
+class Watch:
+    """The transaction's own per-table statistics before the deletes (PostgreSQL)."""
+
+    tables: tuple[str, ...]  # the plan's table names, as :tables was given
+    counters: dict[int, tuple[str, int | None, int, int, int]]
+
+
+def _plan_tables(conn: Connection, plan: Plan) -> tuple[list[str], list[str]]:
+    """The plan's table names (each once) and the same as regclass input."""
+    quote = conn.dialect.identifier_preparer.quote
+    formatted: dict[str, str] = {}
+    for step in plan.steps:
+        if step.name not in formatted:
+            parts = (step.table.schema, step.table.name)
+            formatted[step.name] = ".".join(quote(p) for p in parts if p)
+    return list(formatted), list(formatted.values())
+
+
+def _read(
+    conn: Connection, formatted: list[str]
+) -> dict[int, tuple[str, int | None, int, int, int]]:
+    rows = conn.execute(_PG_WATCH, {"tables": formatted}).all()
+    return {
+        int(oid): (str(name), None if n is None else int(n), int(d), int(u), int(i))
+        for oid, name, n, d, u, i in rows
+    }
+
+
+def watch(conn: Connection, plan: Plan) -> Watch | None:
+    """Take the statistics the deletes will be checked against (PostgreSQL only)."""
+    if conn.dialect.name != "postgresql" or not plan:
+        return None
+    names, formatted = _plan_tables(conn, plan)
+    return Watch(tuple(names), _read(conn, formatted))
+
+
+def verify(
+    conn: Connection, plan: Plan, counts: Sequence[Any], before: Watch | None, triggers: str
+) -> list[tuple[str, int, int, int]]:
+    """What the database did beyond the plan: (table, deleted, changed, inserted) each.
+
+    Rows deleted or changed outside the plan raise :class:`SideEffect` unless
+    ``triggers`` is "trust"; rows inserted (audit tables) are reported, never refused.
+    """
+    if before is None:
+        return []
+    _, formatted = _plan_tables(conn, plan)
+    after = _read(conn, formatted)
+    actual: dict[str, list[int]] = {}
+    for oid, (name, n, d, u, i) in after.items():
+        old = before.counters.get(oid, (name, n, 0, 0, 0))
+        owner = before.tables[n - 1] if n is not None else name
+        got = actual.setdefault(owner, [0, 0, 0])
+        got[0] += d - old[2]
+        got[1] += u - old[3]
+        got[2] += i - old[4]
+    expected = {c.table: (c.counted, c.updated or 0) for c in counts}
+    extra: list[tuple[str, int, int, int]] = []
+    for owner, (d, u, i) in actual.items():
+        want_d, want_u = expected.get(owner, (0, 0))
+        if (d, u, i) != (want_d, want_u, 0):
+            extra.append((owner, d - want_d, u - want_u, i))
+    wrong = [e for e in extra if e[1] > 0 or e[2] > 0] or [e for e in extra if e[1] or e[2]]
+    if wrong and triggers != "trust":
+        owner, d, u, _ = wrong[0]
+        what = " and ".join(
+            part
+            for part in (
+                f"deleted {d} rows" if d else "",
+                f"changed {u} rows" if u else "",
+            )
+            if part
+        )
+        others = f" (and {len(wrong) - 1} more tables)" if len(wrong) > 1 else ""
+        raise SideEffect(
+            f"{owner}: the database {what} outside the plan{others} (a trigger, a rule or an "
+            "inheritance child of a planned table); rolled back, nothing was deleted: register "
+            "those rows too, or set safe_cleanup_triggers = trust for triggers that keep "
+            "counters or history"
+        )
+    return extra
+
+
+_SQLITE_TRIGGER = re.compile(
+    r"\b(?:BEFORE|AFTER|INSTEAD\s+OF)?\s*(DELETE|UPDATE)\b(?:\s+OF\s+[^;]*?)?\s+ON\s",
+    re.IGNORECASE,
+)
+
+
+def catalog_triggers(conn: Connection, plan: Plan) -> list[str]:
+    """Delete and update triggers on planned tables, from the catalog (SQLite).
+
+    Where the database cannot say what a transaction touched, a trigger that a cleanup
+    fires is found before anything runs: "table: trigger (DELETE)" each.
+    """
+    if conn.dialect.name != "sqlite" or not plan:
+        return []
+    names = {step.table.name for step in plan.steps if step.table.schema in (None, "main")}
+    found = []
+    rows = conn.exec_driver_sql(
+        "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+    )
+    for name, table, sql in rows:
+        if table not in names:
+            continue
+        head = re.split(r"\sBEGIN\b", " ".join(str(sql or "").split()).upper(), maxsplit=1)[0]
+        match = _SQLITE_TRIGGER.search(head.split(" ON ", 1)[0] + " ON ")
+        if match is not None:
+            found.append(f"{table}: trigger {name} ({match.group(1).upper()})")
+    return found
+
+
+__all__ = [
+    "CASCADE_REASON",
+    "Reference",
+    "References",
+    "SideEffect",
+    "TableClause",
+    "Watch",
+    "catalog_triggers",
+    "extend",
+    "verify",
+    "watch",
+]

@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, CursorResult, Engine
 
+from . import blast
 from .guard import Level, Verdict
 from .plan import Plan, Step
 
@@ -209,6 +210,7 @@ def apply(
     max_rows: int,
     backup: BackupHook | None,
     capture: CaptureHook | None = None,
+    triggers: str = "refuse",
 ) -> tuple[list[TableCount], str | None]:
     """Count, check the limit, back up, delete and verify, all in one transaction.
 
@@ -219,6 +221,11 @@ def apply(
     (one statement per table instead of a SELECT and a DELETE); otherwise ``backup``
     reads the rows first. Returns per-table counts with deleted rows, and the
     backup's location.
+
+    The blast radius is verified before the backup is made durable: on PostgreSQL the
+    transaction's own statistics must show exactly the planned deletes and changes;
+    elsewhere a delete or update trigger on a planned table refuses apply (unless
+    ``triggers`` is "trust"; what trusted triggers did is returned as extra tables).
     """
     _require(verdict)
     if not plan:
@@ -226,10 +233,23 @@ def apply(
     if isinstance(bind, Engine):
         with bind.connect() as own:
             return apply(
-                own, plan, verdict=verdict, max_rows=max_rows, backup=backup, capture=capture
+                own,
+                plan,
+                verdict=verdict,
+                max_rows=max_rows,
+                backup=backup,
+                capture=capture,
+                triggers=triggers,
             )
     conn = bind.execution_options(**{EXECUTOR_OPTION: True})
     with conn.begin():
+        found = blast.catalog_triggers(conn, plan)
+        if found and triggers != "trust":
+            raise ExecutionError(
+                f"{found[0]} would run on the rows this cleanup deletes or changes, and what "
+                "it does is not counted or backed up: refused, nothing was deleted; register "
+                "its rows too, or set safe_cleanup_triggers = trust"
+            )
         counted = _count_steps(conn, plan)
         counts = per_table(plan, counted, applied=True)
         total = sum(counted)
@@ -242,16 +262,20 @@ def apply(
             )
         if total == 0:
             return counts, None
+        if found:
+            counts = _trusted(counts, found)
+        before = blast.watch(conn, plan)
         if capture is not None and conn.dialect.delete_returning:
             pending = capture(conn, plan)
             try:
                 for step, n in zip(plan.steps, counted, strict=True):
                     pending.add(_delete_returning(conn, step, n))
+                extra = _verify(conn, plan, counts, before, triggers)
                 location = pending.finish(counts)
             except BaseException:
                 pending.abort()
                 raise
-            return counts, location
+            return counts + _extra(extra), location
         location = backup(conn, plan, counts) if backup is not None else None
         for step, n in zip(plan.steps, counted, strict=True):
             if step.action == "update":
@@ -259,7 +283,42 @@ def apply(
             deleted = conn.execute(delete_statement(step)).rowcount
             if deleted != n:
                 raise _mismatch(step.name, n, deleted)
-    return counts, location
+        extra = _verify(conn, plan, counts, before, triggers)
+    return counts + _extra(extra), location
+
+
+def _verify(
+    conn: Connection,
+    plan: Plan,
+    counts: list[TableCount],
+    before: blast.Watch | None,
+    triggers: str,
+) -> list[tuple[str, int, int, int]]:
+    try:
+        return blast.verify(conn, plan, counts, before, triggers)
+    except blast.SideEffect as exc:
+        raise CountMismatch(str(exc)) from None
+
+
+def _trusted(counts: list[TableCount], found: Sequence[str]) -> list[TableCount]:
+    """Name the trusted triggers on the lines of the tables they are on."""
+    out = []
+    for c in counts:
+        mine = [f.split(": ", 1)[1] for f in found if f.split(": ", 1)[0] == c.table]
+        note = f"{', '.join(mine)} trusted (safe_cleanup_triggers = trust)" if mine else ""
+        out.append(replace(c, reason="; ".join(r for r in (c.reason, note) if r)))
+    return out
+
+
+def _extra(found: Sequence[tuple[str, int, int, int]]) -> list[TableCount]:
+    """What the database did outside the plan (trusted, or rows inserted) as table lines."""
+    out = []
+    for table, deleted, updated, inserted in found:
+        parts = [f"{inserted} rows inserted by a trigger"] if inserted else []
+        if deleted or updated:
+            parts.insert(0, blast.TRUSTED)
+        out.append(TableCount(table, 0, deleted, updated or None, "; ".join(parts)))
+    return out
 
 
 def _radius(counts: Sequence[TableCount]) -> str:

@@ -122,11 +122,13 @@ class Report:
         }
 
     def _cascaded(self) -> dict[str, str]:
-        """Tables that foreign key actions of the database added, with why."""
+        """Tables that foreign key actions or trusted triggers added, with why."""
         return {
             f"{o.target}.{o.table}": o.reason
             for o in self.cleanups
-            if o.table is not None and o.reason.startswith("database ")
+            if o.table is not None
+            and o.status in ("deleted", "dry")
+            and (o.reason.startswith("database ") or "trigger" in o.reason)
         }
 
     def to_json(self) -> dict[str, Any]:

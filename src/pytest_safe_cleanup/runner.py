@@ -456,7 +456,13 @@ class Conductor:
                 return self._dump_once(c, target, folder)
 
         done, location = executor.apply(
-            conn, plan, verdict=verdict, max_rows=max_rows, backup=before, capture=capture
+            conn,
+            plan,
+            verdict=verdict,
+            max_rows=max_rows,
+            backup=before,
+            capture=capture,
+            triggers=self.settings.triggers,
         )
         try:
             self._audit(ctx, target, verdict, done, location, strategy)
