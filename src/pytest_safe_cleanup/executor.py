@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sqlalchemy import (
+    TEXT,
     Delete,
     Select,
     Table,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.sql.elements import ColumnElement
 
 from . import blast
 from .guard import Level, Verdict
@@ -119,6 +121,33 @@ BackupHook = Callable[[Connection, Plan, list[TableCount]], str | None]
 #: foreign key action sets for rows the database changes (restore puts them back)
 CapturedTable = tuple[str, Table, list[str], Any, str, tuple[str, ...] | None]
 SERVER_TEXT = "postgresql-text"
+#: each row as PostgreSQL prints the whole row (``ROW(t.*)::text``) under fixed output
+#: settings: one text per row, read back with ``CAST(text AS t)`` on any driver
+ROW_TEXT = "postgresql-row"
+
+#: Output settings for the apply transaction (SET LOCAL: gone at its end) under which
+#: every value's text reads back exactly whatever the session had: ISO dates (the
+#: session's field order is kept, so the cleanup's own date literals mean what they
+#: meant), postgres intervals (months stay months), shortest-exact floats, hex bytea,
+#: C money. One statement also reads each planned table's columns, in row order.
+_FIXED_OUTPUT = text(
+    """
+WITH fixed AS (
+    SELECT set_config('DateStyle', 'ISO, ' || split_part(current_setting('DateStyle'), ', ', 2),
+                      true),
+           set_config('IntervalStyle', 'postgres', true),
+           set_config('extra_float_digits', '3', true),
+           set_config('bytea_output', 'hex', true),
+           set_config('lc_monetary', 'C', true)
+)
+SELECT p.n, ARRAY(
+    SELECT a.attname::text FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = p.rel AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+)
+FROM unnest(CAST(:tables AS regclass[])) WITH ORDINALITY AS p(rel, n), fixed
+ORDER BY p.n
+"""
+)
 
 
 class Capture(Protocol):
@@ -158,6 +187,34 @@ def rows_statement(step: Step) -> Select[Any]:
         .where(step.condition)
         .with_for_update()
     )
+
+
+def fixed_output(conn: Connection, plan: Plan) -> dict[str, list[str]]:
+    """Fix the transaction's output settings; return each planned table's columns."""
+    quote = conn.dialect.identifier_preparer.quote
+    names: dict[str, str] = {}
+    for step in plan.steps:
+        parts = (step.table.schema, step.table.name)
+        names.setdefault(step.name, ".".join(quote(p) for p in parts if p))
+    rows = conn.execute(_FIXED_OUTPUT, {"tables": list(names.values())}).all()
+    return {name: list(cols) for name, (_, cols) in zip(names, rows, strict=True)}
+
+
+def _row_text(conn: Connection, step: Step, counted: int, columns: list[str]) -> CapturedTable:
+    """Delete (or lock) one step's rows, each taken back as the server's text of the row."""
+    quoted = conn.dialect.identifier_preparer.quote(step.table.name)
+    whole: ColumnElement[Any] = literal_column(f"ROW({quoted}.*)")
+    value = whole.cast(TEXT)
+    statement: Any = (
+        select(value).select_from(step.selectable).where(step.condition).with_for_update()
+        if step.action == "update"
+        else delete_statement(step).returning(value)
+    )
+    rows = [[r] for r in conn.execute(statement).scalars().all()]
+    if len(rows) != counted:
+        raise _mismatch(step.name, counted, len(rows))
+    changes = step.changes if step.action == "update" else None
+    return step.name, step.table, columns, rows, ROW_TEXT, changes
 
 
 def _delete_returning(conn: Connection, step: Step, counted: int) -> CapturedTable:
@@ -266,10 +323,14 @@ def apply(
             counts = _trusted(counts, found)
         before = blast.watch(conn, plan)
         if capture is not None and conn.dialect.delete_returning:
+            columns = fixed_output(conn, plan) if conn.dialect.name == "postgresql" else None
             pending = capture(conn, plan)
             try:
                 for step, n in zip(plan.steps, counted, strict=True):
-                    pending.add(_delete_returning(conn, step, n))
+                    if columns is not None:
+                        pending.add(_row_text(conn, step, n, columns[step.name]))
+                    else:
+                        pending.add(_delete_returning(conn, step, n))
                 extra = _verify(conn, plan, counts, before, triggers)
                 location = pending.finish(counts)
             except BaseException:

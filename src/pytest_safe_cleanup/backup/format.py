@@ -8,7 +8,10 @@ Layout, one JSON value per line::
                                                       <- rows of the last table record
     [row values, encoded, in column order]            <- one row (also accepted)
                                       a table record with "encoding": "postgresql-text"
-                                      holds each value as the server printed it, or null
+                                      holds each value as the server printed it, or null;
+                                      "postgresql-row": each row is [the row's text]; a
+                                      record with "changes" holds rows a foreign key
+                                      action changed (not deleted) on those columns
     ...
     {"kind": "footer", "rows": {"app.users": 3}, "total": 3, "sha256": "<of every line above>"}
 
@@ -28,7 +31,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..executor import SERVER_TEXT
+from ..executor import ROW_TEXT, SERVER_TEXT
 from ..target import carries_secret
 from .codec import CodecError, decode
 
@@ -49,8 +52,9 @@ class BackupTable:
     schema: str | None
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    #: "codec" (values through codec.py) or "postgresql-text" (each value's text as
-    #: the server printed it, None for NULL; restore hands it back to ``COPY FROM``)
+    #: "codec" (values through codec.py), "postgresql-text" (each value's text as
+    #: the server printed it, None for NULL; restore hands it back to ``COPY FROM``) or
+    #: "postgresql-row" (each row's text as one value, read back by ``CAST(.. AS t)``)
     encoding: str = "codec"
     #: None: the rows were deleted. Otherwise the rows were changed, not deleted, by a
     #: foreign key action (``SET NULL``/``SET DEFAULT``) on these columns
@@ -119,6 +123,11 @@ def _server_text(value: Any) -> str | None:
     raise CodecError(f"a value that is not the server's text: {value!r}")
 
 
+def _width(table: BackupTable) -> int:
+    """Values per row: one (the whole row's text) for ROW_TEXT, else one per column."""
+    return 1 if table.encoding == ROW_TEXT else len(table.columns)
+
+
 def _changes(record: dict[str, Any]) -> tuple[str, ...] | None:
     changes = record.get("changes")
     if changes is None:
@@ -169,20 +178,20 @@ def parse(path: Path, data: bytes) -> Backup:
         for line in lines[1:]:
             record = json.loads(line)
             if isinstance(record, list):
-                if not tables or len(record) != len(tables[-1].columns):
+                if not tables or len(record) != _width(tables[-1]):
                     raise _damaged(path, "a row that does not match its table's columns")
                 tables[-1].rows.append(tuple(value_of(v) for v in record))
             elif isinstance(record, dict) and record.get("kind") == "rows":
                 if not tables or not isinstance(record.get("rows"), list):
                     raise _damaged(path, "rows before their table record")
-                width = len(tables[-1].columns)
+                width = _width(tables[-1])
                 for row in record["rows"]:
                     if not isinstance(row, list) or len(row) != width:
                         raise _damaged(path, "a row that does not match its table's columns")
                     tables[-1].rows.append(tuple(value_of(v) for v in row))
             elif isinstance(record, dict) and record.get("kind") == "table":
                 encoding = record.get("encoding", "codec")
-                if encoding not in ("codec", SERVER_TEXT):
+                if encoding not in ("codec", SERVER_TEXT, ROW_TEXT):
                     raise _damaged(path, f"an unknown row encoding {encoding!r}")
                 tables.append(
                     BackupTable(
@@ -194,7 +203,7 @@ def parse(path: Path, data: bytes) -> Backup:
                         changes=_changes(record),
                     )
                 )
-                value_of = _server_text if encoding == SERVER_TEXT else decode
+                value_of = _server_text if encoding in (SERVER_TEXT, ROW_TEXT) else decode
             else:
                 raise _damaged(path, "an unknown record")
     except (ValueError, KeyError, TypeError) as exc:

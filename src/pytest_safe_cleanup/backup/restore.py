@@ -28,6 +28,7 @@ from sqlalchemy import (
     column,
     insert,
     select,
+    text,
     tuple_,
     update,
 )
@@ -36,11 +37,16 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.sql.elements import ColumnClause
 
-from ..executor import SERVER_TEXT
+from ..executor import ROW_TEXT, SERVER_TEXT
 from ..target import mask_url
 from .format import Backup, BackupError, BackupTable, read_backup
 
 CHUNK = 500
+#: the settings apply captured rows under, for reading them back (SET LOCAL)
+_FIXED_INPUT = text(
+    "SELECT set_config('DateStyle', 'ISO, YMD', true), "
+    "set_config('IntervalStyle', 'postgres', true), set_config('lc_monetary', 'C', true)"
+)
 
 
 class RestoreConflict(BackupError):
@@ -131,26 +137,34 @@ def _prepare(conn: Connection, bt: BackupTable, typed: bool) -> _Prepared:
             f"table {bt.name} in {masked} has no column {', '.join(missing)} that the backup "
             "holds: the backup belongs to another schema; nothing was restored"
         )
+    if bt.encoding == ROW_TEXT and [c.name for c in table.c] != list(bt.columns):
+        raise BackupError(
+            f"table {bt.name} in {masked} has the columns ({', '.join(c.name for c in table.c)}) "
+            f"and the backup's rows have ({', '.join(bt.columns)}): the table changed since "
+            "the backup; nothing was restored"
+        )
     generated = {c.name for c in table.c if c.computed is not None}
     columns = [c for c in bt.columns if c not in generated]
     binds: list[ColumnClause[Any]] = [column(c, _bind_type(table.c[c], typed)) for c in columns]
     clause = table_clause(table.name, *binds, schema=table.schema)
     key = [bt.columns.index(c.name) for c in table.primary_key.columns]
-    rows = list(bt.rows) if bt.encoding == SERVER_TEXT else _self_ordered(table, bt)
+    rows = list(bt.rows) if bt.encoding in (SERVER_TEXT, ROW_TEXT) else _self_ordered(table, bt)
     return _Prepared(bt, clause, columns, key, rows, table)
 
 
 class _ServerRows:
-    """Rows as PostgreSQL printed each value, read back by COPY: every value exactly.
+    """Rows as PostgreSQL printed them, read back by the server: every value exactly.
 
     They go into a temporary table of the target's column types first, so conflicts
-    are found by the server and the real insert is one statement.
+    are found by the server and the real insert is one statement. Whole-row texts
+    (ROW_TEXT) are cast to the table's row type on any driver; per-value texts of older
+    backups go through psycopg's COPY.
     """
 
     _names = itertools.count(1)
 
     def __init__(self, conn: Connection, prep: _Prepared) -> None:
-        if conn.dialect.driver != "psycopg":
+        if prep.backup.encoding == SERVER_TEXT and conn.dialect.driver != "psycopg":
             raise BackupError(
                 f"this backup of {prep.backup.name} holds PostgreSQL's own text: restore it "
                 "through psycopg (a postgresql+psycopg:// URL); nothing was restored"
@@ -162,18 +176,25 @@ class _ServerRows:
         every = ", ".join(preparer.quote(c) for c in prep.backup.columns)
         self.columns = ", ".join(preparer.quote(c) for c in prep.columns)
         self.picked = ", ".join(f"r.{preparer.quote(c)}" for c in prep.columns)
-        keys = [preparer.quote(prep.backup.columns[i]) for i in prep.key]
+        # a row exists by its primary key; without one, by every column it inserts
+        keys = [prep.backup.columns[i] for i in prep.key] or prep.columns
         self.exists = (
             f"EXISTS (SELECT 1 FROM {self.table} AS t WHERE "
-            + " AND ".join(f"t.{k} = r.{k}" for k in keys)
+            + " AND ".join(_same(preparer.quote(k), bool(prep.key)) for k in keys)
             + ")"
-            if keys
-            else "false"
         )
         conn.exec_driver_sql(
             f"CREATE TEMPORARY TABLE {self.stage} ON COMMIT DROP AS "
             f"SELECT {every} FROM {self.table} WITH NO DATA"
         )
+        if prep.backup.encoding == ROW_TEXT:
+            fill = text(
+                f"INSERT INTO {self.stage} SELECT (CAST(x AS {self.table})).* "
+                "FROM unnest(CAST(:rows AS text[])) AS x"
+            )
+            for chunk in _chunks([row[0] for row in prep.rows], 10 * CHUNK):
+                conn.execute(fill, {"rows": list(chunk)})
+            return
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             # COPY's text format: each value goes to its column type's input as printed
@@ -303,6 +324,8 @@ def restore_backup(
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
+            if engine.dialect.name == "postgresql":
+                conn.execute(_FIXED_INPUT)
             prepared = [_prepare(conn, bt, typed) for bt in reversed(backup.tables)]
             plans = []
             servers: dict[int, _ServerRows | None] = {}
@@ -310,13 +333,13 @@ def restore_backup(
                 name = prep.backup.name
                 if prep.backup.changes is not None:
                     # changed, not deleted: old values go back once their parents are in
-                    if prep.rows and prep.backup.encoding == SERVER_TEXT:
+                    if prep.rows and prep.backup.encoding in (SERVER_TEXT, ROW_TEXT):
                         servers[index] = _ServerRows(conn, prep)
                     restored[name] = restored.get(name, 0) + len(prep.rows)
                     skipped.setdefault(name, 0)
                     plans.append((prep, prep.rows))
                     continue
-                if prep.backup.encoding == SERVER_TEXT:
+                if prep.backup.encoding in (SERVER_TEXT, ROW_TEXT):
                     server = _ServerRows(conn, prep) if prep.rows else None
                     servers[index] = server
                     taken = server.conflicts() if server is not None else 0
@@ -348,7 +371,7 @@ def restore_backup(
                         else:
                             _update_rows(conn, prep)
                         continue
-                    if prep.backup.encoding == SERVER_TEXT:
+                    if prep.backup.encoding in (SERVER_TEXT, ROW_TEXT):
                         staged = servers.get(index)
                         if staged is not None:
                             staged.insert(skip_existing)

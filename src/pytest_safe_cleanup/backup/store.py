@@ -27,7 +27,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..executor import SERVER_TEXT, CapturedTable, TableCount, rows_statement
+from ..executor import ROW_TEXT, SERVER_TEXT, CapturedTable, TableCount, rows_statement
 from ..plan import Plan
 from ..target import Target, carries_secret, first_line
 from .codec import CodecError, encode
@@ -378,7 +378,7 @@ def _table_lines(
     if changes is not None:
         record["changes"] = list(changes)
     lines = [dumps(record)]
-    if encoding == SERVER_TEXT:
+    if encoding in (SERVER_TEXT, ROW_TEXT):
         # every value is the server's text or None: one C-level encode per batch
         for start in range(0, len(rows), _BATCH):
             chunk = {"kind": "rows", "rows": rows[start : start + _BATCH]}
