@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     column,
     insert,
+    or_,
     select,
     text,
     tuple_,
@@ -278,16 +279,27 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def _identity(prep: _Prepared) -> list[int]:
+    """Positions that identify a row: its primary key, else every column it inserts."""
+    return prep.key or [prep.backup.columns.index(c) for c in prep.columns]
+
+
 def _existing(conn: Connection, prep: _Prepared) -> set[tuple[Any, ...]]:
-    """Primary keys of the backup's rows that are already in the target."""
-    if not prep.key:
-        return set()
-    names = [prep.backup.columns[i] for i in prep.key]
+    """Identities (see :func:`_identity`) of the backup's rows already in the target."""
+    positions = _identity(prep)
+    names = [prep.backup.columns[i] for i in positions]
     cols = [prep.clause.c[n] for n in names]
-    keys = list(dict.fromkeys(tuple(row[i] for i in prep.key) for row in prep.rows))
+    keys = list(dict.fromkeys(tuple(row[i] for i in positions) for row in prep.rows))
     found: set[tuple[Any, ...]] = set()
-    for chunk in _chunks(keys, CHUNK):
-        if len(cols) == 1:
+    for chunk in _chunks(keys, CHUNK if prep.key else 50):
+        if not prep.key:  # NULL equals NULL here: any column may hold one
+            condition = or_(
+                *(
+                    and_(*(c.is_not_distinct_from(v) for c, v in zip(cols, k, strict=True)))
+                    for k in chunk
+                )
+            )
+        elif len(cols) == 1:
             condition = cols[0].in_([k[0] for k in chunk])
         else:
             condition = tuple_(*cols).in_(list(chunk))
@@ -346,7 +358,8 @@ def restore_backup(
                     rows = prep.rows[: len(prep.rows) - taken]  # only their number is used
                 else:
                     existing = _existing(conn, prep)
-                    rows = [r for r in prep.rows if tuple(r[i] for i in prep.key) not in existing]
+                    identity = _identity(prep)
+                    rows = [r for r in prep.rows if tuple(r[i] for i in identity) not in existing]
                     taken = len(prep.rows) - len(rows)
                 if taken and not skip_existing:
                     conflicts[name] = conflicts.get(name, 0) + taken
@@ -356,7 +369,8 @@ def restore_backup(
             if conflicts and not dry_run:
                 detail = ", ".join(f"{name} {n}" for name, n in conflicts.items())
                 raise RestoreConflict(
-                    f"rows of the backup already exist in {masked} ({detail} by primary key): "
+                    f"rows of the backup already exist in {masked} ({detail} by primary key, "
+                    "or by every column where a table has none): "
                     "nothing was restored; pass --skip-existing to keep the existing rows "
                     "and restore the rest"
                 )

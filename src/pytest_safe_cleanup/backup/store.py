@@ -3,8 +3,10 @@
 A rows backup is written inside the deleting transaction, before the delete: the
 rows are selected with ``SELECT *`` (so columns no model maps are kept too), encoded,
 fsynced, then read back and checked against the counts before the caller may delete.
-Backups hold real data, so folders are 0700, files 0600, and the folder's top holds a
-``.gitignore`` of ``*`` as ``.pytest_cache`` does.
+Backups hold real data, so folders are 0700, files 0600, and every folder the plugin
+owns (the top, each run and worker folder) holds a ``.gitignore`` of ``*`` as
+``.pytest_cache`` does; a top folder with a ``.gitignore`` of the user's gets a line
+for the audit log.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from .format import FORMAT, VERSION, BackupError, dumps, read_backup
 
 GITIGNORE = "# Created by pytest-safe-cleanup: backups hold real data, never commit them.\n*\n"
 AUDIT = "audit.jsonl"
+AUDIT_IGNORE = f"# Added by pytest-safe-cleanup: the audit log holds real data.\n/{AUDIT}\n"
 RUN_MARKER = ".safe-cleanup-run"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
@@ -163,18 +166,43 @@ class BackupStore:
         if not os.access(path, os.W_OK | os.X_OK):
             raise BackupError(f"the {what} {path} is not writable; nothing was deleted")
 
+    def _ignore(self, folder: Path) -> None:
+        """A ``.gitignore`` of ``*`` in a folder the plugin owns (kept if one is there)."""
+        ignore = folder / ".gitignore"
+        if ignore.exists():
+            return
+        try:
+            self._write_new(ignore, GITIGNORE.encode())
+        except FileExistsError:
+            pass  # another worker wrote it
+        except OSError as exc:
+            raise BackupError(f"cannot write {ignore}: {_why(exc)}") from None
+
+    def _ignore_audit(self) -> None:
+        """Make git ignore the audit log where the root holds a ``.gitignore`` of the user's.
+
+        Run folders carry their own ``.gitignore``; the audit log sits in the root, so a
+        user's ``.gitignore`` there that does not ignore everything gets one line for it.
+        """
+        ignore = self.root / ".gitignore"
+        try:
+            lines = {line.strip() for line in ignore.read_text(errors="replace").splitlines()}
+        except OSError:
+            return
+        if lines & {"*", AUDIT, f"/{AUDIT}"}:
+            return
+        try:
+            with ignore.open("a", encoding="utf-8") as fh:
+                fh.write(f"\n{AUDIT_IGNORE}")
+        except OSError as exc:
+            raise BackupError(f"cannot add the audit log to {ignore}: {_why(exc)}") from None
+
     def _ensure_root(self) -> None:
         if self._root_ready:
             return
         self._mkdir(self.root, "backup folder")
-        ignore = self.root / ".gitignore"
-        if not ignore.exists():
-            try:
-                self._write_new(ignore, GITIGNORE.encode())
-            except FileExistsError:
-                pass  # another worker wrote it
-            except OSError as exc:
-                raise BackupError(f"cannot write {ignore}: {_why(exc)}") from None
+        self._ignore(self.root)
+        self._ignore_audit()
         self._root_ready = True
 
     def _ensure_run(self) -> None:
@@ -182,10 +210,12 @@ class BackupStore:
             return
         self._ensure_root()
         self._mkdir(self.run_root, "run backup folder")
+        self._ignore(self.run_root)
         with contextlib.suppress(FileExistsError, OSError):
             self._write_new(self.run_root / RUN_MARKER, f"{self.run_id}\n".encode())
         if self.folder != self.run_root:
             self._mkdir(self.folder, "worker backup folder")
+            self._ignore(self.folder)
         self.prune()
         self._ready = True
 
