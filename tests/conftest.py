@@ -261,6 +261,13 @@ def test_after(safe_cleanup_engine):
 """
 
 
+def first_id(table: Any, row: tuple[Any, ...]) -> int:
+    """The first column of a backed-up row, whole-row text (PostgreSQL) or values."""
+    if table.encoding == "postgresql-row":
+        return int(row[0].strip("()").split(",")[0])
+    return int(row[0])
+
+
 def count_rows(url: str, table: str) -> int:
     engine: Engine = create_engine(url)
     try:

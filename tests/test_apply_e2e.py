@@ -18,7 +18,7 @@ import pytest
 
 # Imported before any pytester snapshot of sys.modules, so it is imported once.
 import sqlalchemy.dialects.postgresql  # noqa: F401
-from conftest import INSERT_FIXTURE, assert_same_rows
+from conftest import INSERT_FIXTURE, assert_same_rows, first_id
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
@@ -613,4 +613,4 @@ def test_cascade_counts_every_table_then_deletes_exactly_those_rows(
     (path,) = {c["backup"] for c in got.values()}
     backup = read_backup(Path(path))
     assert backup.order == ["assets", "users", "accounts"]  # children first
-    assert {t.name: {int(r[0]) for r in t.rows} for t in backup.tables} == expected
+    assert {t.name: {first_id(t, r) for r in t.rows} for t in backup.tables} == expected

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
     create_engine,
     select,
     text,
@@ -346,15 +347,14 @@ def test_postgres_rows_captured_by_the_delete_round_trip_exactly(
     assert driver == ("psycopg async" if use_async else "psycopg")
     assert [(c.table, c.counted, c.deleted) for c in done] == [("everything", 4, 4)]
     assert count(engine, "everything") == 1
-    assert sorted(p.name for p in path.parent.iterdir()) == [RUN_MARKER, path.name]
+    assert sorted(p.name for p in path.parent.iterdir()) == [".gitignore", RUN_MARKER, path.name]
 
     backup = read_backup(path)
-    # sync psycopg keeps each value as the server printed it; the async adapter has
-    # already converted the rows, so they go through the codec
-    assert backup.tables[0].encoding == ("codec" if use_async else executor.SERVER_TEXT)
-    if not use_async:
-        first = dict(zip(backup.tables[0].columns, backup.tables[0].rows[0], strict=True))
-        assert first["n"] == "12345678901234567890.123456789" and first["bo"] == "t"
+    # on every driver each row is the server's own text of the whole row
+    assert backup.tables[0].encoding == executor.ROW_TEXT
+    assert backup.tables[0].columns[:2] == ("id", "i")
+    first = backup.tables[0].rows[0][0]
+    assert first.startswith("(1,-2147483648,") and ",12345678901234567890.123456789," in first
     assert restore(path, engine).restored == {"everything": 4}
     assert_same_rows(before, rows_of(engine, "everything WHERE id < 99"))
 
@@ -374,7 +374,7 @@ def test_a_failed_capture_leaves_no_file_and_deletes_nothing(
     with pytest.raises(executor.CountMismatch, match="counted 4 rows but the delete removed 3"):
         apply_capturing(pg_url, store, [registration("everything", 1, 2, 3, 4)], use_async=False)
     assert count(engine, "everything") == 5
-    assert [p.name for p in store.folder.iterdir()] == [RUN_MARKER]
+    assert sorted(p.name for p in store.folder.iterdir()) == [".gitignore", RUN_MARKER]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -696,7 +696,7 @@ def test_disk_full_stops_the_delete_and_leaves_no_file(
     final = store.tried.name.removeprefix(".").removesuffix(".partial")
     assert str(store.tried.with_name(final)) in message and "\n" not in message
     assert count(sqlite_rows, "things") == 3
-    assert [p.name for p in store.folder.iterdir()] == [RUN_MARKER]
+    assert sorted(p.name for p in store.folder.iterdir()) == [".gitignore", RUN_MARKER]
 
 
 def test_damaged_backups_are_refused_and_nothing_is_inserted(
@@ -848,3 +848,54 @@ def test_pg_dump_refusals(pg_url: str, tmp_path: Path, monkeypatch: pytest.Monke
         dump_database(pg_url.rsplit("/", 1)[0] + "/does-not-exist", tmp_path / "dumps")
     with pytest.raises(BackupError, match="needs PostgreSQL, not sqlite"):
         dump_database(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "dumps")
+
+
+def test_a_table_without_a_primary_key_is_restored_once(tmp_path: Path) -> None:
+    """Rows are found again by every column (NULL equal to NULL): restoring twice adds none."""
+    engine = engine_for(f"sqlite:///{tmp_path / 'data.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE nokey (tag TEXT, v REAL, b BLOB)")
+        conn.exec_driver_sql(
+            "INSERT INTO nokey VALUES ('x', 0.5, NULL), ('x', 0.5, NULL), ('x', NULL, X'00'), "
+            "('keep', 1, NULL)"
+        )
+    query = "SELECT tag, v, b FROM nokey ORDER BY tag, v, b"
+    with engine.connect() as conn:
+        before = [tuple(r) for r in conn.exec_driver_sql(query)]
+    t = Table("nokey", MetaData(), Column("tag", Text))
+    store = BackupStore(tmp_path / "backups", "run-1")
+    _, path = apply_with_backup(engine, store, [plan.Registration(t, t.c.tag == "x")])
+    assert count(engine, "nokey") == 1
+
+    assert restore(path, engine).restored == {"nokey": 3}
+    with pytest.raises(RestoreConflict, match="nokey 3 by primary key, or by every column"):
+        restore(path, engine)
+    again = restore(path, engine, skip_existing=True)
+    assert (again.restored, again.skipped) == ({"nokey": 0}, {"nokey": 3})
+    with engine.connect() as conn:
+        assert [tuple(r) for r in conn.exec_driver_sql(query)] == before
+
+
+def test_git_ignores_everything_the_plugin_writes_beside_a_gitignore_of_the_users(
+    sqlite_rows: Engine, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    root = repo / "backups"
+    root.mkdir(parents=True)
+    (root / ".gitignore").write_text("*.log\n")  # the user's own, which ignores only logs
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    store = BackupStore(root, "run-1", worker="gw0")
+    _, path = apply_with_backup(sqlite_rows, store, [registration("things", 1)])
+    store.audit({"run_id": "run-1", "nodeid": "a"})
+    assert path.is_file() and (root / "audit.jsonl").is_file()
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert status.splitlines() == ["?? backups/.gitignore"]  # the user's file, nothing else
+    assert (root / ".gitignore").read_text().startswith("*.log\n")
+    for folder in (root / "run-1", root / "run-1" / "gw0"):
+        assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"

@@ -21,7 +21,7 @@ import pytest
 
 # Imported before any pytester snapshot of sys.modules, so it is imported once.
 import sqlalchemy.dialects.postgresql  # noqa: F401
-from conftest import seed_family
+from conftest import first_id, seed_family
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -146,8 +146,8 @@ def audit_lines(root: Path) -> list[str]:
 
 def backed_up(path: Path) -> dict[str, set[int]]:
     """The ids a verified backup file holds, per table."""
-    # PostgreSQL backups hold each value as the server printed it (text): compare as ints.
-    return {t.name: {int(row[0]) for row in t.rows} for t in read_backup(path).tables}
+    # PostgreSQL backups hold each row as the server printed it (text): compare the ids.
+    return {t.name: {first_id(t, row) for row in t.rows} for t in read_backup(path).tables}
 
 
 def assert_nothing_committed_or_audited(

@@ -472,3 +472,13 @@ def test_header_and_summary_show_mode_and_its_source(
         ]
     )
     result.stdout.no_fnmatch_line("*mode=apply*")
+
+
+def test_triggers_is_refuse_unless_the_ini_trusts_them() -> None:
+    assert resolve({}, {}, {}).triggers == "refuse"
+    assert resolve({}, {}, {"safe_cleanup_triggers": " Trust "}).triggers == "trust"
+    with pytest.raises(SettingsError) as info:
+        resolve({}, {}, {"safe_cleanup_triggers": "ignore"})
+    assert str(info.value) == (
+        "ini safe_cleanup_triggers: invalid triggers 'ignore'; choose one of: refuse, trust"
+    )

@@ -28,6 +28,7 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
+    text,
     true,
     tuple_,
 )
@@ -69,6 +70,13 @@ class Step:
     table: Table
     condition: ColumnElement[bool]
     selectable: TableClause  # what statements are built on: the Table, or a shared clause
+    #: "delete", or "update": rows the database itself changes (``ON DELETE SET NULL`` /
+    #: ``SET DEFAULT``) when a later step deletes what they reference; backed up, not deleted
+    action: str = "delete"
+    #: why the step is in the plan when no test registered it ("database cascade")
+    reason: str = ""
+    #: the columns the database changes in an "update" step
+    changes: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -178,14 +186,33 @@ class TableResolver:
         return self._schemas[schema]
 
     def referencing(self, table: Table) -> list[tuple[Table, ForeignKeyConstraint]]:
-        """Each (table, foreign key) in the database that references ``table``."""
+        """Each (table, foreign key) in the database that references ``table``.
+
+        Tables of every schema count: a foreign key from another schema deletes (or
+        blocks the delete of) these rows as surely as one from the same schema.
+        """
         found = []
-        for candidate in self.schema_tables(table.schema).tables.values():
-            for fk in candidate.foreign_key_constraints:
-                referred = fk.referred_table
-                if referred.name == table.name and referred.schema == table.schema:
-                    found.append((candidate, fk))
+        for schema in self._referencing_schemas(table):
+            for candidate in self.schema_tables(schema).tables.values():
+                for fk in candidate.foreign_key_constraints:
+                    referred = fk.referred_table
+                    if referred.name == table.name and referred.schema == table.schema:
+                        found.append((candidate, fk))
         return sorted(found, key=lambda pair: (pair[0].fullname, pair[1].name or ""))
+
+    def _referencing_schemas(self, table: Table) -> list[str | None]:
+        """The schemas holding a foreign key into ``table`` (the default one as None)."""
+        if self.engine.dialect.name != "postgresql":
+            return [table.schema]
+        with self._connect(f"the foreign keys into {table.fullname!r}") as conn:
+            name = conn.dialect.identifier_preparer.format_table(table)
+            rows = conn.execute(_REFERENCING_SCHEMAS, {"table": name}).all()
+        schemas: list[str | None] = [table.schema]
+        for schema, default in rows:
+            found = None if schema == default else str(schema)
+            if found not in schemas:
+                schemas.append(found)
+        return schemas
 
     def reflected(self, table: Table) -> Table:
         """The reflected twin of a Table (all of its real columns)."""
@@ -194,6 +221,13 @@ class TableResolver:
             raise RegistrationError(f"table {table.fullname!r} does not exist in the database")
         return twin
 
+
+_REFERENCING_SCHEMAS = text(
+    "SELECT DISTINCT n.nspname, current_schema() FROM pg_catalog.pg_constraint c "
+    "JOIN pg_catalog.pg_class r ON r.oid = c.conrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace "
+    "WHERE c.contype = 'f' AND c.conparentid = 0 AND c.confrelid = CAST(:table AS regclass)"
+)
 
 _cte_names = itertools.count(1)
 

@@ -34,6 +34,8 @@ class Outcome:
     status: str
     reason: str = ""
     backup: str | None = None
+    #: rows the database changed (``ON DELETE SET NULL``/``SET DEFAULT``), backed up
+    updated: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,12 +111,24 @@ class Report:
             row["counted"] = (row["counted"] or 0) + (o.counted or 0)
             if o.deleted is not None:
                 row["deleted"] = (row["deleted"] or 0) + o.deleted
+            if o.updated is not None:
+                row["updated"] = (row.get("updated") or 0) + o.updated
         deleted = [r["deleted"] for r in tables.values() if r["deleted"] is not None]
         return {
             "counted": sum(r["counted"] or 0 for r in tables.values()),
             "deleted": sum(deleted) if deleted else None,
             "tables": tables,
             "statuses": statuses,
+        }
+
+    def _cascaded(self) -> dict[str, str]:
+        """Tables that foreign key actions or trusted triggers added, with why."""
+        return {
+            f"{o.target}.{o.table}": o.reason
+            for o in self.cleanups
+            if o.table is not None
+            and o.status in ("deleted", "dry")
+            and (o.reason.startswith("database ") or "trigger" in o.reason)
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -192,9 +206,18 @@ class Report:
         totals = self.totals()
         if totals["tables"]:
             width = max(len(k) for k in totals["tables"])
-            lines.append(f"{'table'.ljust(width)}  {'counted':>8}  {'deleted':>8}")
+            changed = any("updated" in row for row in totals["tables"].values())
+            cascaded = self._cascaded()
+            lines.append(
+                f"{'table'.ljust(width)}  {'counted':>8}  {'deleted':>8}"
+                + (f"  {'updated':>8}" if changed else "")
+            )
             for key, row in totals["tables"].items():
-                lines.append(f"{key.ljust(width)}  {row['counted']:>8}  {_n(row['deleted']):>8}")
+                lines.append(
+                    f"{key.ljust(width)}  {row['counted']:>8}  {_n(row['deleted']):>8}"
+                    + (f"  {_n(row.get('updated')):>8}" if changed else "")
+                    + (f"  ({cascaded[key]})" if key in cascaded else "")
+                )
             lines.append(
                 f"{'total'.ljust(width)}  {totals['counted']:>8}  {_n(totals['deleted']):>8}"
             )

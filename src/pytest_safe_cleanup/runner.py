@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import executor
+from . import blast, executor
 from .backup import BackupError, BackupStore, dump_database
 from .guard import Level, Verdict
 from .intent import IntentBook, Policy
@@ -94,6 +94,8 @@ class Conductor:
         #: whole-database dumps made this session, per target
         self._dumps: dict[str, str] = {}
         self._hinted: set[tuple[str, str]] = set()
+        #: foreign keys into planned tables, per target (blast radius)
+        self._references = blast.References()
 
     def finish(
         self, entries: list[tuple[AnyEngine, list[Registration]]], ctx: TestContext
@@ -178,6 +180,8 @@ class Conductor:
         """Plan, verdict, intent and execution for one database, on one connection."""
         plan = build_plan(registrations)
         target, verdict = self.guardian.check_connection(conn)
+        plan = blast.extend(conn, plan, self._references, target.key)
+        # After the database's own cascades joined: a table in another database is judged there.
         self.guardian.check_schemas(
             conn, target, {s.table.schema for s in plan.steps if s.table.schema}
         )
@@ -191,7 +195,15 @@ class Conductor:
         ) -> list[Outcome]:
             return [
                 Outcome(
-                    ctx.nodeid, target.name, c.table, c.counted, c.deleted, status, reason, backup
+                    ctx.nodeid,
+                    target.name,
+                    c.table,
+                    c.counted,
+                    c.deleted,
+                    status,
+                    reason or (c.reason if status in ("deleted", "dry") else ""),
+                    backup,
+                    c.updated,
                 )
                 for c in counts
             ]
@@ -256,7 +268,13 @@ class Conductor:
                 return self._dump_once(c, target, folder)
 
         done, location = executor.apply(
-            conn, plan, verdict=verdict, max_rows=max_rows, backup=before, capture=capture
+            conn,
+            plan,
+            verdict=verdict,
+            max_rows=max_rows,
+            backup=before,
+            capture=capture,
+            triggers=self.settings.triggers,
         )
         try:
             self._audit(ctx, target, verdict, done, location, strategy)
@@ -328,6 +346,11 @@ class Conductor:
                 "target": target.masked_url,
                 "verdict": verdict.level.name,
                 "rows": {c.table: c.deleted for c in done},
+                **(
+                    {"updated": {c.table: c.updated for c in done if c.updated}}
+                    if any(c.updated for c in done)
+                    else {}
+                ),
                 "backup": location,
                 "strategy": strategy,
             }

@@ -18,6 +18,7 @@ BACKUPS = ("rows", "pg_dump", "none")
 KEEPS = ("never", "failed")
 UNGUARDED = ("warn", "error", "ignore")
 WATCHES = ("plugin", "all")
+TRIGGERS = ("refuse", "trust")
 
 DEFAULT_BLOCKED = ("production", "prod", "prd", "live", "staging", "stage", "stg")
 DEFAULT_ALLOWED = ("local", "test", "testing", "ci", "dev", "development")
@@ -98,6 +99,7 @@ _SPEC: dict[str, tuple[str | None, str | None, str | None, Any]] = {
     "postgres_image": (None, None, "safe_cleanup_postgres_image", None),
     "report": ("safe_cleanup_report", None, None, None),
     "run_id": (None, "SAFE_CLEANUP_RUN_ID", None, None),
+    "triggers": (None, None, "safe_cleanup_triggers", "refuse"),
 }
 
 #: ini keys with their help text, declared by the plugin; the CLI reads the same keys.
@@ -121,6 +123,8 @@ INI_HELP: dict[str, str] = {
     "safe_cleanup_postgres": "disposable_postgres provider: auto, docker, local or a server URL",
     "safe_cleanup_postgres_image": "image of the docker provider (default "
     "SAFE_CLEANUP_POSTGRES_IMAGE, else postgres:16-alpine)",
+    "safe_cleanup_triggers": "refuse (default) or trust what triggers delete or change "
+    "outside the plan (listed in the summary)",
 }
 LIST_INI = {
     "safe_cleanup_env_vars",
@@ -155,6 +159,7 @@ class Settings:
     postgres_image: str | None = None
     report: Path | None = None
     run_id: str | None = None
+    triggers: str = "refuse"
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def source(self, name: str) -> str:
@@ -301,5 +306,6 @@ def resolve(
         postgres_image=_optional(raw["postgres_image"]),
         report=_path(raw["report"], where("report")),
         run_id=str(raw["run_id"]).strip() if raw["run_id"] is not None else None,
+        triggers=_choice("triggers", raw["triggers"], TRIGGERS, where("triggers")),
         sources=MappingProxyType(sources),
     )

@@ -8,7 +8,10 @@ Layout, one JSON value per line::
                                                       <- rows of the last table record
     [row values, encoded, in column order]            <- one row (also accepted)
                                       a table record with "encoding": "postgresql-text"
-                                      holds each value as the server printed it, or null
+                                      holds each value as the server printed it, or null;
+                                      "postgresql-row": each row is [the row's text]; a
+                                      record with "changes" holds rows a foreign key
+                                      action changed (not deleted) on those columns
     ...
     {"kind": "footer", "rows": {"app.users": 3}, "total": 3, "sha256": "<of every line above>"}
 
@@ -28,7 +31,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..executor import SERVER_TEXT
+from ..executor import ROW_TEXT, SERVER_TEXT
 from ..target import carries_secret
 from .codec import CodecError, decode
 
@@ -49,9 +52,13 @@ class BackupTable:
     schema: str | None
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    #: "codec" (values through codec.py) or "postgresql-text" (each value's text as
-    #: the server printed it, None for NULL; restore hands it back to ``COPY FROM``)
+    #: "codec" (values through codec.py), "postgresql-text" (each value's text as
+    #: the server printed it, None for NULL; restore hands it back to ``COPY FROM``) or
+    #: "postgresql-row" (each row's text as one value, read back by ``CAST(.. AS t)``)
     encoding: str = "codec"
+    #: None: the rows were deleted. Otherwise the rows were changed, not deleted, by a
+    #: foreign key action (``SET NULL``/``SET DEFAULT``) on these columns
+    changes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,8 @@ class Backup:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Rows per table."""
-        return {t.name: len(t.rows) for t in self.tables}
+        """Rows per table (deleted and changed ones)."""
+        return _counts(self.tables)
 
     @property
     def url(self) -> str:
@@ -95,6 +102,13 @@ class Backup:
         return None if secret else str(value)
 
 
+def _counts(tables: list[BackupTable]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in tables:
+        counts[t.name] = counts.get(t.name, 0) + len(t.rows)
+    return counts
+
+
 def dumps(value: Any) -> bytes:
     """One compact JSON line (ASCII, so any text survives; no NaN, which is not JSON)."""
     return (
@@ -107,6 +121,22 @@ def _server_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise CodecError(f"a value that is not the server's text: {value!r}")
+
+
+def _width(table: BackupTable) -> int:
+    """Values per row: one (the whole row's text) for ROW_TEXT, else one per column."""
+    return 1 if table.encoding == ROW_TEXT else len(table.columns)
+
+
+def _changes(record: dict[str, Any]) -> tuple[str, ...] | None:
+    changes = record.get("changes")
+    if changes is None:
+        return None
+    if not isinstance(changes, list) or not all(isinstance(c, str) for c in changes):
+        raise ValueError("changes is not a list of column names")
+    if not set(changes) <= set(record["columns"]):
+        raise ValueError("changes names a column the record does not hold")
+    return tuple(changes)
 
 
 def _damaged(path: Path, why: str) -> BackupError:
@@ -148,20 +178,20 @@ def parse(path: Path, data: bytes) -> Backup:
         for line in lines[1:]:
             record = json.loads(line)
             if isinstance(record, list):
-                if not tables or len(record) != len(tables[-1].columns):
+                if not tables or len(record) != _width(tables[-1]):
                     raise _damaged(path, "a row that does not match its table's columns")
                 tables[-1].rows.append(tuple(value_of(v) for v in record))
             elif isinstance(record, dict) and record.get("kind") == "rows":
                 if not tables or not isinstance(record.get("rows"), list):
                     raise _damaged(path, "rows before their table record")
-                width = len(tables[-1].columns)
+                width = _width(tables[-1])
                 for row in record["rows"]:
                     if not isinstance(row, list) or len(row) != width:
                         raise _damaged(path, "a row that does not match its table's columns")
                     tables[-1].rows.append(tuple(value_of(v) for v in row))
             elif isinstance(record, dict) and record.get("kind") == "table":
                 encoding = record.get("encoding", "codec")
-                if encoding not in ("codec", SERVER_TEXT):
+                if encoding not in ("codec", SERVER_TEXT, ROW_TEXT):
                     raise _damaged(path, f"an unknown row encoding {encoding!r}")
                 tables.append(
                     BackupTable(
@@ -170,16 +200,17 @@ def parse(path: Path, data: bytes) -> Backup:
                         record.get("schema"),
                         tuple(str(c) for c in record["columns"]),
                         encoding=encoding,
+                        changes=_changes(record),
                     )
                 )
-                value_of = _server_text if encoding == SERVER_TEXT else decode
+                value_of = _server_text if encoding in (SERVER_TEXT, ROW_TEXT) else decode
             else:
                 raise _damaged(path, "an unknown record")
     except (ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, CodecError):
             raise _damaged(path, f"a value cannot be decoded: {exc}") from None
         raise _damaged(path, f"an unreadable record: {exc}") from None
-    counts = {t.name: len(t.rows) for t in tables}
+    counts = _counts(tables)
     if footer.get("rows") != counts or [t.name for t in tables] != header.get("tables"):
         raise _damaged(path, "row counts or tables differ from the footer")
     return Backup(path, header, tables, digest)

@@ -3,8 +3,10 @@
 A rows backup is written inside the deleting transaction, before the delete: the
 rows are selected with ``SELECT *`` (so columns no model maps are kept too), encoded,
 fsynced, then read back and checked against the counts before the caller may delete.
-Backups hold real data, so folders are 0700, files 0600, and the folder's top holds a
-``.gitignore`` of ``*`` as ``.pytest_cache`` does.
+Backups hold real data, so folders are 0700, files 0600, and every folder the plugin
+owns (the top, each run and worker folder) holds a ``.gitignore`` of ``*`` as
+``.pytest_cache`` does; a top folder with a ``.gitignore`` of the user's gets a line
+for the audit log.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..executor import SERVER_TEXT, CapturedTable, TableCount
+from ..executor import ROW_TEXT, SERVER_TEXT, CapturedTable, TableCount, rows_statement
 from ..plan import Plan
 from ..target import Target, carries_secret, first_line
 from .codec import CodecError, encode
@@ -35,6 +37,7 @@ from .format import FORMAT, VERSION, BackupError, dumps, read_backup
 
 GITIGNORE = "# Created by pytest-safe-cleanup: backups hold real data, never commit them.\n*\n"
 AUDIT = "audit.jsonl"
+AUDIT_IGNORE = f"# Added by pytest-safe-cleanup: the audit log holds real data.\n/{AUDIT}\n"
 RUN_MARKER = ".safe-cleanup-run"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
@@ -163,18 +166,43 @@ class BackupStore:
         if not os.access(path, os.W_OK | os.X_OK):
             raise BackupError(f"the {what} {path} is not writable; nothing was deleted")
 
+    def _ignore(self, folder: Path) -> None:
+        """A ``.gitignore`` of ``*`` in a folder the plugin owns (kept if one is there)."""
+        ignore = folder / ".gitignore"
+        if ignore.exists():
+            return
+        try:
+            self._write_new(ignore, GITIGNORE.encode())
+        except FileExistsError:
+            pass  # another worker wrote it
+        except OSError as exc:
+            raise BackupError(f"cannot write {ignore}: {_why(exc)}") from None
+
+    def _ignore_audit(self) -> None:
+        """Make git ignore the audit log where the root holds a ``.gitignore`` of the user's.
+
+        Run folders carry their own ``.gitignore``; the audit log sits in the root, so a
+        user's ``.gitignore`` there that does not ignore everything gets one line for it.
+        """
+        ignore = self.root / ".gitignore"
+        try:
+            lines = {line.strip() for line in ignore.read_text(errors="replace").splitlines()}
+        except OSError:
+            return
+        if lines & {"*", AUDIT, f"/{AUDIT}"}:
+            return
+        try:
+            with ignore.open("a", encoding="utf-8") as fh:
+                fh.write(f"\n{AUDIT_IGNORE}")
+        except OSError as exc:
+            raise BackupError(f"cannot add the audit log to {ignore}: {_why(exc)}") from None
+
     def _ensure_root(self) -> None:
         if self._root_ready:
             return
         self._mkdir(self.root, "backup folder")
-        ignore = self.root / ".gitignore"
-        if not ignore.exists():
-            try:
-                self._write_new(ignore, GITIGNORE.encode())
-            except FileExistsError:
-                pass  # another worker wrote it
-            except OSError as exc:
-                raise BackupError(f"cannot write {ignore}: {_why(exc)}") from None
+        self._ignore(self.root)
+        self._ignore_audit()
         self._root_ready = True
 
     def _ensure_run(self) -> None:
@@ -182,10 +210,12 @@ class BackupStore:
             return
         self._ensure_root()
         self._mkdir(self.run_root, "run backup folder")
+        self._ignore(self.run_root)
         with contextlib.suppress(FileExistsError, OSError):
             self._write_new(self.run_root / RUN_MARKER, f"{self.run_id}\n".encode())
         if self.folder != self.run_root:
             self._mkdir(self.folder, "worker backup folder")
+            self._ignore(self.folder)
         self.prune()
         self._ready = True
 
@@ -256,16 +286,20 @@ class BackupStore:
         try:
             for step in plan.steps:
                 try:
-                    result = conn.execute(
-                        select(text("*")).select_from(step.selectable).where(step.condition)
+                    statement = (
+                        rows_statement(step)
+                        if step.action == "update"
+                        else select(text("*")).select_from(step.selectable).where(step.condition)
                     )
+                    result = conn.execute(statement)
                     columns, rows = list(result.keys()), result.all()
                 except SQLAlchemyError as exc:
                     raise BackupError(
                         f"could not read the rows to back up: {first_line(exc)}; "
                         "nothing was deleted"
                     ) from None
-                pending.add((step.name, step.table, columns, rows, "codec"))
+                changes = step.changes if step.action == "update" else None
+                pending.add((step.name, step.table, columns, rows, "codec", changes))
             return pending.complete(counts)
         except BaseException:
             pending.abort()
@@ -350,10 +384,19 @@ class BackupStore:
 
 
 def _table_lines(
-    name: str, table: Table, columns: list[str], rows: Any, encoding: str
+    name: str,
+    table: Table,
+    columns: list[str],
+    rows: Any,
+    encoding: str,
+    changes: tuple[str, ...] | None = None,
 ) -> tuple[list[bytes], int]:
-    """A table record and its rows records; the number of rows."""
-    record = {
+    """A table record and its rows records; the number of rows.
+
+    ``changes``: the rows were not deleted but changed by a foreign key action on
+    these columns; the record says so and restore puts their old values back.
+    """
+    record: dict[str, Any] = {
         "kind": "table",
         "name": name,
         "table": table.name,
@@ -362,8 +405,10 @@ def _table_lines(
     }
     if encoding != "codec":
         record["encoding"] = encoding
+    if changes is not None:
+        record["changes"] = list(changes)
     lines = [dumps(record)]
-    if encoding == SERVER_TEXT:
+    if encoding in (SERVER_TEXT, ROW_TEXT):
         # every value is the server's text or None: one C-level encode per batch
         for start in range(0, len(rows), _BATCH):
             chunk = {"kind": "rows", "rows": rows[start : start + _BATCH]}
@@ -432,8 +477,9 @@ class PendingBackup:
         self._submit(self._encode, captured)
 
     def _encode(self, captured: CapturedTable) -> None:
-        name, table, columns, rows, encoding = captured
-        lines, self._written[name] = _table_lines(name, table, columns, rows, encoding)
+        name = captured[0]
+        lines, n = _table_lines(*captured)
+        self._written[name] = self._written.get(name, 0) + n
         self._append(lines)
 
     def _append(self, lines: list[bytes]) -> None:
@@ -447,7 +493,7 @@ class PendingBackup:
 
     def complete(self, counts: Sequence[TableCount]) -> BackupInfo:
         """Write, fsync and read back the file; check it holds the counted rows."""
-        expected = {c.table: c.counted for c in counts}
+        expected = {c.table: c.counted + (c.updated or 0) for c in counts}
         self._submit(self._complete, expected).result()
         if self._error is not None:
             self._discard()
