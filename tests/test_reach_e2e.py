@@ -823,6 +823,14 @@ def test_writes_fail_at_the_server():
                 conn.commit()
         return run
 
+    def readonly_false_purge():
+        # SQLAlchemy's own execution option: psycopg then sends BEGIN READ WRITE
+        with engine.connect().execution_options(postgresql_readonly=False) as conn:
+            conn.execute(text("SELECT purge()"))
+            conn.commit()
+
+    attempt("postgresql_readonly=False purge", readonly_false_purge, rows)
+
     for sql in (
         "SELECT set_config('default_transaction_read_only', 'off', false)",
         "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
@@ -895,6 +903,9 @@ def test_blocked_database_is_read_only_at_the_server_postgres(
             "multi-statement with comment": (PG_READ_ONLY, same),
             "Session.execute purge": (PG_READ_ONLY, same),
             "AUTOCOMMIT purge": (PG_READ_ONLY, same),
+            "postgresql_readonly=False purge": (
+                f"WriteRefused: *{b}*read-only (the driver was set to open read-write*", same
+            ),
             **{
                 "text " + sql: (f"WriteRefused: safe-cleanup stopped * on *{b}*read-only*", same)
                 for sql in (

@@ -439,6 +439,17 @@ def make_read_only(dbapi_connection: Any, backend: str, driver_conn: Any = None)
             driver_conn.set_authorizer(_sqlite_authorizer())
 
 
+def _driver_lifts_read_only(conn: Connection) -> bool:
+    """A PostgreSQL driver told to open read-write transactions.
+
+    psycopg's ``read_only = False`` and psycopg2's ``readonly = False`` (SQLAlchemy's
+    ``postgresql_readonly=False`` execution option sets them) send ``BEGIN READ WRITE``,
+    which lifts the session's read-only default without any statement the watch sees.
+    """
+    driver = conn.connection.driver_connection
+    return getattr(driver, "read_only", None) is False or getattr(driver, "readonly", None) is False
+
+
 # -- who sent a statement ----------------------------------------------------------
 
 _LIBRARY_PARTS = tuple(
@@ -735,17 +746,19 @@ class Guardian:
         test = self.current_test
         where = f" (test {test})" if test else ""
         verb = kind.keyword or "a statement"
-        if kind.writes or blocked:
+        if kind.writes or blocked:  # a BLOCK connection checks every statement
             if statements.changes_stamp(statement):
                 raise WriteRefused(
                     f"safe-cleanup stopped a change to a database's stamp on {target.masked_url}"
                     f" before it was sent{where}: only a database administrator changes a "
                     f"stamp, outside pytest: {shorten(statement)}"
                 )
-            if blocked and (kind.writes or statements.lifts_read_only(statement)):
+            driver_lifts = blocked and _driver_lifts_read_only(conn)
+            if blocked and (kind.writes or driver_lifts or statements.lifts_read_only(statement)):
+                why = " (the driver was set to open read-write transactions)" * driver_lifts
                 raise WriteRefused(
                     f"safe-cleanup stopped {verb} on {target.masked_url} before it was "
-                    f"sent{where}: the target is read-only, BLOCK: {verdict.explain()}: "
+                    f"sent{where}: the target is read-only{why}, BLOCK: {verdict.explain()}: "
                     f"{shorten(statement)}"
                 )
         if not blocked:
