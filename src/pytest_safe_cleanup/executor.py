@@ -109,17 +109,28 @@ class Capture(Protocol):
 CaptureHook = Callable[[Connection, Plan], Capture]
 
 
-def _as_server_text(cursor: Any) -> None:
-    """Load every column of the cursor's result as the text the server sent.
+def _as_server_text(cursor: Any) -> list[tuple[str | None, ...]]:
+    """Every row of the cursor's result as the text the server sent for each value.
 
-    psycopg allows changing loaders after a query ran; a text loader per result type
-    keeps each value in its type's own output form (what ``COPY FROM`` and the type's
-    input read back exactly) and skips building Python values only to encode them again.
+    A text loader per result type keeps each value in its type's own output form (what
+    ``COPY FROM`` and the type's input read back exactly) and skips building Python
+    values only to encode them again. The rows are loaded by a transformer made after
+    the loaders are registered: psycopg 3.1 and 3.2 fix a cursor's loaders when the
+    query runs (only 3.3 picks up loaders registered later), and would hand back UUID,
+    Decimal and dict values that no server text encoding can write.
     """
+    from psycopg.adapt import Transformer
     from psycopg.types.string import TextLoader
 
     for oid in {d[1] for d in cursor.description}:
         cursor.adapters.register_loader(oid, TextLoader)
+    result = cursor.pgresult
+    if result is None:
+        return []
+    loader = Transformer.from_context(cursor)
+    loader.set_pgresult(result)
+    rows: list[tuple[str | None, ...]] = loader.load_rows(0, result.ntuples, tuple)
+    return rows
 
 
 def _delete_returning(conn: Connection, step: Step, counted: int) -> CapturedTable:
@@ -134,9 +145,8 @@ def _delete_returning(conn: Connection, step: Step, counted: int) -> CapturedTab
         dialect = conn.dialect
         if dialect.name == "postgresql" and dialect.driver == "psycopg" and not dialect.is_async:
             cursor = result.context.cursor
-            _as_server_text(cursor)
             columns = [d[0] for d in cursor.description]
-            rows: Sequence[Any] = cursor.fetchall()
+            rows: Sequence[Any] = _as_server_text(cursor)
             encoding = SERVER_TEXT
         else:
             columns, rows, encoding = list(result.keys()), result.all(), "codec"
