@@ -564,6 +564,30 @@ class _Registrar:
 
         self._book.defer(self.engine, collect)
 
+    def track_sessions(self) -> None:
+        """Delete every row any ORM session in the process inserts from now until teardown.
+
+        The application's own sessions included (a FastAPI or Flask dependency, a global
+        ``sessionmaker``, sync or async); each row is deleted on the database its session
+        wrote it to, whatever engine this fixture is bound to. Calling it again is a no-op.
+        """
+        if self._book.tracking:
+            return
+        from .tracking import TRACKER
+
+        collector = TRACKER.start()
+        self._book.tracking = True
+        nodeid, confirms = self._context()
+
+        def collect() -> list[tuple[Engine, list[Registration]]]:
+            inserted = collector.stop()
+            return [
+                (engine, tracked_registrations(objs, nodeid, confirms))
+                for engine, objs in inserted.items()
+            ]
+
+        self._book.defer_tracked(collect)
+
 
 class SafeCleanup(_Registrar):
     """What a test registers for cleanup on one engine (the ``safe_cleanup`` fixture).
@@ -679,6 +703,15 @@ class AsyncSafeCleanup(_Registrar):
         self._note_loop()
         super().track_session(session)
 
+    def track_sessions(self) -> None:
+        """Delete every row any ORM session inserts from now on (see SafeCleanup).
+
+        Needs no engine of its own: each row is deleted where its session wrote it.
+        """
+        with suppress(RuntimeError):
+            self._book.loop = asyncio.get_running_loop()
+        super().track_sessions()
+
 
 class RegistrationBook:
     """Registrations grouped per engine, in the order engines were first used."""
@@ -695,6 +728,9 @@ class RegistrationBook:
         self.on_engine = on_engine
         #: the event loop an async test registered on: its teardown runs there
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: track_sessions() was called: rows of any session, grouped by their engines
+        self.tracking = False
+        self._tracked: list[Callable[[], list[tuple[Engine, list[Registration]]]]] = []
 
     def resolver(self, engine: Engine) -> TableResolver:
         """The reflection cache of one engine."""
@@ -712,12 +748,39 @@ class RegistrationBook:
         self._entries.setdefault(id(engine), (engine, []))
         self._deferred.append((engine, collect))
 
+    def defer_tracked(self, collect: Callable[[], list[tuple[Engine, list[Registration]]]]) -> None:
+        """Registrations known at teardown on engines found then (``track_sessions``)."""
+        self._tracked.append(collect)
+
+    def _engine_for(self, engine: Engine) -> AnyEngine:
+        """The entry a tracked row joins: an engine of the book on the same database.
+
+        Rows of the fixture's database join its plan (one transaction per database);
+        an async dialect's engine is wrapped as the AsyncEngine its sessions used.
+        """
+        for known, _ in self._entries.values():
+            sync = sync_engine_of(known)
+            if sync is engine or sync.url == engine.url:
+                return known
+        if engine.dialect.is_async:
+            from sqlalchemy.ext.asyncio import AsyncEngine
+
+            return AsyncEngine(engine)
+        return engine
+
     def drain(self) -> list[tuple[AnyEngine, list[Registration]]]:
         """Every engine's registrations, emptied so a cleanup never runs twice."""
         deferred, self._deferred = self._deferred, []
         for engine, collect in deferred:
             for reg in collect():
                 self.add(engine, reg)
+        tracked, self._tracked = self._tracked, []
+        for collect_tracked in tracked:
+            for sync, regs in collect_tracked():
+                if regs:
+                    target = self._engine_for(sync)
+                    for reg in regs:
+                        self.add(target, reg)
         entries = [(e, regs) for e, regs in self._entries.values() if regs]
         self._entries = {}
         return entries

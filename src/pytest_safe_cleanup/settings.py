@@ -17,6 +17,7 @@ BACKUPS = ("rows", "pg_dump", "none")
 KEEPS = ("never", "failed")
 UNGUARDED = ("warn", "error", "ignore")
 WATCHES = ("plugin", "all")
+TRACKS = ("none", "sessions")
 
 DEFAULT_BLOCKED = ("production", "prod", "prd", "live", "staging", "stage", "stg")
 DEFAULT_ALLOWED = ("local", "test", "testing", "ci", "dev", "development")
@@ -41,6 +42,7 @@ _SPEC: dict[str, tuple[str | None, str | None, str | None, Any]] = {
     "postgres_image": (None, None, "safe_cleanup_postgres_image", None),
     "report": ("safe_cleanup_report", None, None, None),
     "run_id": (None, "SAFE_CLEANUP_RUN_ID", None, None),
+    "track": (None, None, "safe_cleanup_track", "none"),
 }
 
 #: ini keys with their help text, declared by the plugin; the CLI reads the same keys.
@@ -61,6 +63,8 @@ INI_HELP: dict[str, str] = {
     "safe_cleanup_postgres": "disposable_postgres provider: auto, docker, local or a server URL",
     "safe_cleanup_postgres_image": "image of the docker provider (default "
     "SAFE_CLEANUP_POSTGRES_IMAGE, else postgres:16-alpine)",
+    "safe_cleanup_track": "none (default) or sessions: safe_cleanup deletes the rows every "
+    "ORM session inserts during the test",
 }
 LIST_INI = {
     "safe_cleanup_env_vars",
@@ -95,6 +99,7 @@ class Settings:
     postgres_image: str | None = None
     report: Path | None = None
     run_id: str | None = None
+    track: str = "none"
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def source(self, name: str) -> str:
@@ -208,5 +213,6 @@ def resolve(
         postgres_image=_optional(raw["postgres_image"]),
         report=_path(raw["report"], where("report")),
         run_id=str(raw["run_id"]).strip() if raw["run_id"] is not None else None,
+        track=_choice("track", raw["track"], TRACKS, where("track")),
         sources=MappingProxyType(sources),
     )
