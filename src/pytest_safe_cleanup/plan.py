@@ -9,11 +9,15 @@ Nothing here formats SQL by hand: every name is quoted by SQLAlchemy.
 from __future__ import annotations
 
 import asyncio
+import inspect as inspect_module
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import os
+import sys
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from graphlib import CycleError, TopologicalSorter
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeGuard, Union
 
 from sqlalchemy import (
@@ -668,15 +672,33 @@ class AsyncSafeCleanup(_Registrar):
             self._book.on_engine(engine.sync_engine)
         return AsyncSafeCleanup(engine, book=self._book, tag=self._tag, context=self._context)
 
-    async def delete(
+    def delete(
         self,
         target: Any,
         *where: Any,
         all_rows: bool = False,
         cascade: bool = False,
         **equals: Any,
+    ) -> Coroutine[Any, Any, None]:
+        """Register rows of ``target`` for deletion at teardown (see SafeCleanup.delete).
+
+        A coroutine: nothing is registered until it is awaited. The book keeps it with
+        the caller's file and line, so one never awaited fails the test at teardown
+        instead of leaving its rows behind silently.
+        """
+        caller = sys._getframe(1)
+        coroutine = self._delete(target, where, all_rows, cascade, equals)
+        self._book.expect_awaited(coroutine, _location(caller))
+        return coroutine
+
+    async def _delete(
+        self,
+        target: Any,
+        where: Sequence[Any],
+        all_rows: bool,
+        cascade: bool,
+        equals: Mapping[str, Any],
     ) -> None:
-        """Register rows of ``target`` for deletion at teardown (see SafeCleanup.delete)."""
         self._note_loop()
         if not self._needs_connection(target, cascade):
             self._register(target, where, all_rows, cascade, equals)
@@ -713,6 +735,16 @@ class AsyncSafeCleanup(_Registrar):
         super().track_sessions()
 
 
+def _location(frame: FrameType) -> str:
+    """``path:line`` of a frame, relative to the working folder where it is under it."""
+    path = frame.f_code.co_filename
+    with suppress(ValueError):
+        relative = os.path.relpath(path)
+        if not relative.startswith(os.pardir):
+            path = relative
+    return f"{path}:{frame.f_lineno}"
+
+
 class RegistrationBook:
     """Registrations grouped per engine, in the order engines were first used."""
 
@@ -731,6 +763,7 @@ class RegistrationBook:
         #: track_sessions() was called: rows of any session, grouped by their engines
         self.tracking = False
         self._tracked: list[Callable[[], list[tuple[Engine, list[Registration]]]]] = []
+        self._awaitables: list[tuple[Coroutine[Any, Any, None], str]] = []
 
     def resolver(self, engine: Engine) -> TableResolver:
         """The reflection cache of one engine."""
@@ -747,6 +780,20 @@ class RegistrationBook:
         """Registrations known only at teardown (tracked ORM rows)."""
         self._entries.setdefault(id(engine), (engine, []))
         self._deferred.append((engine, collect))
+
+    def expect_awaited(self, coroutine: Coroutine[Any, Any, None], where: str) -> None:
+        """A registration that does nothing until awaited (``async_safe_cleanup.delete``)."""
+        self._awaitables.append((coroutine, where))
+
+    def never_awaited(self) -> list[str]:
+        """Where registrations were made and never awaited; each is closed (no warning)."""
+        pending, self._awaitables = self._awaitables, []
+        missed = []
+        for coroutine, where in pending:
+            if inspect_module.getcoroutinestate(coroutine) == inspect_module.CORO_CREATED:
+                coroutine.close()
+                missed.append(where)
+        return missed
 
     def defer_tracked(self, collect: Callable[[], list[tuple[Engine, list[Registration]]]]) -> None:
         """Registrations known at teardown on engines found then (``track_sessions``)."""

@@ -550,12 +550,23 @@ def _finish_async(state: State, book: RegistrationBook, node: pytest.Item | None
     connections do the work.
     """
     __tracebackhide__ = True
+    missed = _never_awaited(book)
     entries = book.drain()
-    if not entries:
-        return
-    errors = _run_async(state, entries, _test_context(node), book.loop)
-    if errors:
-        pytest.fail("\n".join(errors), pytrace=False)
+    errors = _run_async(state, entries, _test_context(node), book.loop) if entries else []
+    if missed or errors:
+        pytest.fail("\n".join([*missed, *errors]), pytrace=False)
+
+
+def _never_awaited(book: RegistrationBook) -> list[str]:
+    """A registration coroutine never awaited registered nothing: say where, fail the test.
+
+    What was awaited is still cleaned; the missed rows are named, never silently left.
+    """
+    return [
+        f"safe-cleanup: async_safe_cleanup.delete() at {where} was never awaited, so it "
+        "registered nothing: write `await async_safe_cleanup.delete(...)`"
+        for where in book.never_awaited()
+    ]
 
 
 def _run_async(state: State, entries: list[Any], ctx: TestContext, loop: Any) -> list[str]:
