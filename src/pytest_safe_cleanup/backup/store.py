@@ -182,10 +182,12 @@ class BackupStore:
             return
         self._ensure_root()
         self._mkdir(self.run_root, "run backup folder")
-        with contextlib.suppress(FileExistsError, OSError):
-            self._write_new(self.run_root / RUN_MARKER, f"{self.run_id}\n".encode())
         if self.folder != self.run_root:
             self._mkdir(self.folder, "worker backup folder")
+        # After the worker's folder: a worker that finds only the marker (see close) may
+        # remove the run folder, and this marker is then written again.
+        with contextlib.suppress(FileExistsError, OSError):
+            self._write_new(self.run_root / RUN_MARKER, f"{self.run_id}\n".encode())
         self.prune()
         self._ready = True
 
@@ -284,10 +286,37 @@ class BackupStore:
         return self._pool
 
     def close(self) -> None:
-        """Stop the writer thread (after the session's last cleanup)."""
+        """Stop the writer thread (after the session's last cleanup); drop an empty run."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """A run whose every backup failed leaves no folder: nothing to list or restore.
+
+        Only empty folders go (``rmdir`` refuses anything else), so a backup that another
+        xdist worker wrote meanwhile is never removed with them.
+        """
+        if not self._ready:
+            return
+        if self.folder != self.run_root:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()
+        try:
+            left = [entry.name for entry in self.run_root.iterdir()]
+        except OSError:
+            return
+        if left != [RUN_MARKER]:
+            return
+        marker = self.run_root / RUN_MARKER
+        with contextlib.suppress(OSError):
+            marker.unlink()
+            try:
+                self.run_root.rmdir()
+            except OSError:  # another worker's folder appeared: the run stays marked
+                self._write_new(marker, f"{self.run_id}\n".encode())
+        self._ready = False
 
     def header(self, dialect: str, plan: Plan, nodeid: str, target: Target) -> bytes:
         """The file's first line: where the rows came from and how to restore them."""
@@ -545,8 +574,8 @@ def list_runs(root: Path) -> list[RunSummary]:
             continue
         files = sorted(entry.rglob("*.jsonl"))
         dumps_found = tuple(sorted(entry.rglob("*.dump")))
-        if not files and not dumps_found and not (entry / RUN_MARKER).is_file():
-            continue
+        if not files and not dumps_found:
+            continue  # a run whose backups all failed (or were pruned) has nothing to restore
         tables: dict[str, int] = {}
         damaged: list[Path] = []
         for path in files:
