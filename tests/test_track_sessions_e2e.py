@@ -382,3 +382,56 @@ def test_tracked_rows_are_deleted_on_the_database_their_session_wrote_to(
     for table in TABLES:
         assert count_rows(app_url, table) == BACKGROUND[table], table
         assert count_rows(fixture_url, table) == BACKGROUND[table], table
+
+
+SESSION_SCOPE_TESTS = """
+import pytest
+
+import app
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_wide(safe_cleanup_session):
+    safe_cleanup_session.track_sessions()    # rows no test's fixture claims: at session end
+
+
+def test_without_the_fixture():
+    app.create_user("run-wide", items=("r",))
+
+
+def test_with_the_fixture(safe_cleanup):
+    safe_cleanup.track_sessions()            # innermost: the test's own rows, deleted once
+    app.create_user("test-owned", items=("t1", "t2"))
+"""
+
+
+def test_session_scope_tracking_and_the_test_fixture_taking_its_own_rows(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pg_databases: object
+) -> None:
+    url = pg_databases.create()  # type: ignore[attr-defined]
+    make_app(pytester, monkeypatch, url)
+    pytester.makepyfile(test_scope=SESSION_SCOPE_TESTS)
+    result = pytester.runpytest_subprocess(
+        "--safe-cleanup-url",
+        url,
+        "--safe-cleanup=apply",
+        "--safe-cleanup-backup-dir",
+        "bk",
+        "--safe-cleanup-report",
+        "report.json",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=2)
+    found = cleanups(pytester.path / "report.json")
+    assert {
+        nodeid: {t: row[:3] for t, row in tables.items()} for nodeid, tables in found.items()
+    } == {
+        "test_scope.py::test_with_the_fixture": {
+            "app_items": (2, 2, "deleted"),
+            "app_users": (1, 1, "deleted"),
+        },
+        "session": {"app_items": (1, 1, "deleted"), "app_users": (1, 1, "deleted")},
+    }
+    for table in TABLES:
+        assert count_rows(url, table) == BACKGROUND[table], table
