@@ -194,7 +194,7 @@ def test_backups_lists_runs(deleted: Deleted, tmp_path: Path, capsys: pytest.Cap
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == f"backups in {tmp_path / 'backups'}"
-    assert lines[1].startswith("run run-7 ") and lines[1].endswith("1 files, 5 rows")
+    assert lines[1].startswith("run run-7 ") and lines[1].endswith("1 file, 5 rows")
     assert lines[2].split() == ["users", "3"] and lines[3].split() == ["accounts", "2"]
 
     (tmp_path / "pytest.ini").write_text("[pytest]\nsafe_cleanup_backup_dir = backups\n")

@@ -526,6 +526,10 @@ def _backup_dir(args: argparse.Namespace) -> Path:
     return base / ".safe-cleanup" / "backups"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def cmd_backups(args: argparse.Namespace) -> int:
     """List runs, oldest first, with their tables and row counts."""
     folder = _backup_dir(args)
@@ -539,7 +543,8 @@ def cmd_backups(args: argparse.Namespace) -> int:
     for run in runs:
         when = run.modified.strftime("%Y-%m-%d %H:%M:%S UTC")
         dumps = f", {len(run.dumps)} pg_dump" if run.dumps else ""
-        print(f"run {run.run_id}  {when}  {run.files} files{dumps}, {run.rows} rows")
+        files, rows = _plural(run.files, "file"), _plural(run.rows, "row")
+        print(f"run {run.run_id}  {when}  {files}{dumps}, {rows}")
         for name, n in run.tables.items():
             print(f"  {name:<32} {n:>8}")
         for path in run.damaged:

@@ -166,19 +166,6 @@ class Capture(Protocol):
 CaptureHook = Callable[[Connection, Plan], Capture]
 
 
-def _as_server_text(cursor: Any) -> None:
-    """Load every column of the cursor's result as the text the server sent.
-
-    psycopg allows changing loaders after a query ran; a text loader per result type
-    keeps each value in its type's own output form (what ``COPY FROM`` and the type's
-    input read back exactly) and skips building Python values only to encode them again.
-    """
-    from psycopg.types.string import TextLoader
-
-    for oid in {d[1] for d in cursor.description}:
-        cursor.adapters.register_loader(oid, TextLoader)
-
-
 def rows_statement(step: Step) -> Select[Any]:
     """The rows of a step as they are now (locked: nobody changes them before the commit)."""
     return (
@@ -223,9 +210,8 @@ def _delete_returning(conn: Connection, step: Step, counted: int) -> CapturedTab
     An "update" step deletes nothing: its rows are read, locked, as they are before a
     later step's delete makes the database change them.
 
-    On PostgreSQL through psycopg the rows come back as the server's text for each
-    value, which restore hands back to ``COPY FROM``: exact for every type. Elsewhere
-    the driver's values go through the codec.
+    Used where PostgreSQL's whole-row text is not (``_row_text``): the driver's values
+    go through the codec.
     """
     statement: Any = (
         rows_statement(step)
@@ -234,15 +220,7 @@ def _delete_returning(conn: Connection, step: Step, counted: int) -> CapturedTab
     )
     result: CursorResult[Any] = conn.execute(statement)
     try:
-        dialect = conn.dialect
-        if dialect.name == "postgresql" and dialect.driver == "psycopg" and not dialect.is_async:
-            cursor = result.context.cursor
-            _as_server_text(cursor)
-            columns = [d[0] for d in cursor.description]
-            rows: Sequence[Any] = cursor.fetchall()
-            encoding = SERVER_TEXT
-        else:
-            columns, rows, encoding = list(result.keys()), result.all(), "codec"
+        columns, rows, encoding = list(result.keys()), result.all(), "codec"
     finally:
         result.close()
     if len(rows) != counted:

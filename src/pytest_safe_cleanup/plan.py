@@ -9,11 +9,15 @@ Nothing here formats SQL by hand: every name is quoted by SQLAlchemy.
 from __future__ import annotations
 
 import asyncio
+import inspect as inspect_module
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import os
+import sys
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from graphlib import CycleError, TopologicalSorter
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeGuard, Union
 
 from sqlalchemy import (
@@ -630,6 +634,30 @@ class _Registrar:
 
         self._book.defer(self.engine, collect)
 
+    def track_sessions(self) -> None:
+        """Delete every row any ORM session in the process inserts from now until teardown.
+
+        The application's own sessions included (a FastAPI or Flask dependency, a global
+        ``sessionmaker``, sync or async); each row is deleted on the database its session
+        wrote it to, whatever engine this fixture is bound to. Calling it again is a no-op.
+        """
+        if self._book.tracking:
+            return
+        from .tracking import TRACKER
+
+        collector = TRACKER.start()
+        self._book.tracking = True
+        nodeid, confirms = self._context()
+
+        def collect() -> list[tuple[Engine, list[Registration]]]:
+            inserted = collector.stop()
+            return [
+                (engine, tracked_registrations(objs, nodeid, confirms))
+                for engine, objs in inserted.items()
+            ]
+
+        self._book.defer_tracked(collect)
+
 
 class SafeCleanup(_Registrar):
     """What a test registers for cleanup on one engine (the ``safe_cleanup`` fixture).
@@ -710,15 +738,33 @@ class AsyncSafeCleanup(_Registrar):
             self._book.on_engine(engine.sync_engine)
         return AsyncSafeCleanup(engine, book=self._book, tag=self._tag, context=self._context)
 
-    async def delete(
+    def delete(
         self,
         target: Any,
         *where: Any,
         all_rows: bool = False,
         cascade: bool = False,
         **equals: Any,
+    ) -> Coroutine[Any, Any, None]:
+        """Register rows of ``target`` for deletion at teardown (see SafeCleanup.delete).
+
+        A coroutine: nothing is registered until it is awaited. The book keeps it with
+        the caller's file and line, so one never awaited fails the test at teardown
+        instead of leaving its rows behind silently.
+        """
+        caller = sys._getframe(1)
+        coroutine = self._delete(target, where, all_rows, cascade, equals)
+        self._book.expect_awaited(coroutine, _location(caller))
+        return coroutine
+
+    async def _delete(
+        self,
+        target: Any,
+        where: Sequence[Any],
+        all_rows: bool,
+        cascade: bool,
+        equals: Mapping[str, Any],
     ) -> None:
-        """Register rows of ``target`` for deletion at teardown (see SafeCleanup.delete)."""
         self._note_loop()
         if not self._needs_connection(target, cascade):
             self._register(target, where, all_rows, cascade, equals)
@@ -745,6 +791,25 @@ class AsyncSafeCleanup(_Registrar):
         self._note_loop()
         super().track_session(session)
 
+    def track_sessions(self) -> None:
+        """Delete every row any ORM session inserts from now on (see SafeCleanup).
+
+        Needs no engine of its own: each row is deleted where its session wrote it.
+        """
+        with suppress(RuntimeError):
+            self._book.loop = asyncio.get_running_loop()
+        super().track_sessions()
+
+
+def _location(frame: FrameType) -> str:
+    """``path:line`` of a frame, relative to the working folder where it is under it."""
+    path = frame.f_code.co_filename
+    with suppress(ValueError):
+        relative = os.path.relpath(path)
+        if not relative.startswith(os.pardir):
+            path = relative
+    return f"{path}:{frame.f_lineno}"
+
 
 class RegistrationBook:
     """Registrations grouped per engine, in the order engines were first used."""
@@ -761,6 +826,10 @@ class RegistrationBook:
         self.on_engine = on_engine
         #: the event loop an async test registered on: its teardown runs there
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: track_sessions() was called: rows of any session, grouped by their engines
+        self.tracking = False
+        self._tracked: list[Callable[[], list[tuple[Engine, list[Registration]]]]] = []
+        self._awaitables: list[tuple[Coroutine[Any, Any, None], str]] = []
 
     def resolver(self, engine: Engine) -> TableResolver:
         """The reflection cache of one engine."""
@@ -778,12 +847,53 @@ class RegistrationBook:
         self._entries.setdefault(id(engine), (engine, []))
         self._deferred.append((engine, collect))
 
+    def expect_awaited(self, coroutine: Coroutine[Any, Any, None], where: str) -> None:
+        """A registration that does nothing until awaited (``async_safe_cleanup.delete``)."""
+        self._awaitables.append((coroutine, where))
+
+    def never_awaited(self) -> list[str]:
+        """Where registrations were made and never awaited; each is closed (no warning)."""
+        pending, self._awaitables = self._awaitables, []
+        missed = []
+        for coroutine, where in pending:
+            if inspect_module.getcoroutinestate(coroutine) == inspect_module.CORO_CREATED:
+                coroutine.close()
+                missed.append(where)
+        return missed
+
+    def defer_tracked(self, collect: Callable[[], list[tuple[Engine, list[Registration]]]]) -> None:
+        """Registrations known at teardown on engines found then (``track_sessions``)."""
+        self._tracked.append(collect)
+
+    def _engine_for(self, engine: Engine) -> AnyEngine:
+        """The entry a tracked row joins: an engine of the book on the same database.
+
+        Rows of the fixture's database join its plan (one transaction per database);
+        an async dialect's engine is wrapped as the AsyncEngine its sessions used.
+        """
+        for known, _ in self._entries.values():
+            sync = sync_engine_of(known)
+            if sync is engine or sync.url == engine.url:
+                return known
+        if engine.dialect.is_async:
+            from sqlalchemy.ext.asyncio import AsyncEngine
+
+            return AsyncEngine(engine)
+        return engine
+
     def drain(self) -> list[tuple[AnyEngine, list[Registration]]]:
         """Every engine's registrations, emptied so a cleanup never runs twice."""
         deferred, self._deferred = self._deferred, []
         for engine, collect in deferred:
             for reg in collect():
                 self.add(engine, reg)
+        tracked, self._tracked = self._tracked, []
+        for collect_tracked in tracked:
+            for sync, regs in collect_tracked():
+                if regs:
+                    target = self._engine_for(sync)
+                    for reg in regs:
+                        self.add(target, reg)
         entries = [(e, regs) for e, regs in self._entries.values() if regs]
         self._entries = {}
         return entries

@@ -701,9 +701,19 @@ def _test_context(node: pytest.Item | None) -> TestContext:
 
 def _finish(state: State, book: RegistrationBook, node: pytest.Item | None) -> None:
     __tracebackhide__ = True
-    errors = state.conductor.finish(book.drain(), _test_context(node))
+    entries = book.drain()
+    if _has_async_engine(entries):  # rows an AsyncSession wrote, tracked by track_sessions()
+        errors = _run_async(state, entries, _test_context(node), None)
+    else:
+        errors = state.conductor.finish(entries, _test_context(node))
     if errors:
         pytest.fail("\n".join(errors), pytrace=False)
+
+
+def _has_async_engine(entries: list[tuple[Any, Any]]) -> bool:
+    from .plan import is_async_engine
+
+    return any(is_async_engine(engine) for engine, _ in entries)
 
 
 def _finish_async(state: State, book: RegistrationBook, node: pytest.Item | None) -> None:
@@ -714,13 +724,29 @@ def _finish_async(state: State, book: RegistrationBook, node: pytest.Item | None
     connections do the work.
     """
     __tracebackhide__ = True
+    missed = _never_awaited(book)
     entries = book.drain()
-    if not entries:
-        return
-    ctx = _test_context(node)
-    loop = book.loop
+    errors = _run_async(state, entries, _test_context(node), book.loop) if entries else []
+    if missed or errors:
+        pytest.fail("\n".join([*missed, *errors]), pytrace=False)
+
+
+def _never_awaited(book: RegistrationBook) -> list[str]:
+    """A registration coroutine never awaited registered nothing: say where, fail the test.
+
+    What was awaited is still cleaned; the missed rows are named, never silently left.
+    """
+    return [
+        f"safe-cleanup: async_safe_cleanup.delete() at {where} was never awaited, so it "
+        "registered nothing: write `await async_safe_cleanup.delete(...)`"
+        for where in book.never_awaited()
+    ]
+
+
+def _run_async(state: State, entries: list[Any], ctx: TestContext, loop: Any) -> list[str]:
+    """The async teardown on ``loop`` where it can run, else on a fresh one."""
     if loop is not None and not loop.is_closed() and not loop.is_running():
-        errors = loop.run_until_complete(state.conductor.finish_async(entries, ctx))
+        errors: list[str] = loop.run_until_complete(state.conductor.finish_async(entries, ctx))
     else:
         import asyncio
 
@@ -741,8 +767,7 @@ def _finish_async(state: State, book: RegistrationBook, node: pytest.Item | None
                     fresh.run_until_complete(e.dispose())
         finally:
             fresh.close()
-    if errors:
-        pytest.fail("\n".join(errors), pytrace=False)
+    return errors
 
 
 @pytest.fixture(scope="session")
@@ -828,8 +853,20 @@ def _cleanup_fixture(request: pytest.FixtureRequest, engine: Engine) -> Iterator
     _guard_engine(state, engine)
     book = RegistrationBook(state.resolvers, state.guardian.watch)
     node = request.node if isinstance(request.node, pytest.Item) else None
-    yield _make_cleanup(state, engine, book, node)
+    cleanup = _make_cleanup(state, engine, book, node)
+    _track_by_default(state, cleanup, node)
+    yield cleanup
     _finish(state, book, node)
+
+
+def _track_by_default(state: State, cleanup: SafeCleanup | AsyncSafeCleanup, node: Any) -> None:
+    """Ini ``safe_cleanup_track = sessions``: each test's fixture tracks every ORM session.
+
+    Function scope only: ``safe_cleanup_session`` tracks when asked, so rows that
+    session-scoped fixtures make for the whole run are never claimed by default.
+    """
+    if node is not None and state.settings.track == "sessions":
+        cleanup.track_sessions()
 
 
 @pytest.fixture
@@ -869,9 +906,11 @@ def async_safe_cleanup(request: pytest.FixtureRequest) -> Iterator[AsyncSafeClea
     book = RegistrationBook(state.resolvers, state.guardian.watch)
     node = request.node if isinstance(request.node, pytest.Item) else None
     nodeid, confirms = (node.nodeid, _marker_options(node)[0]) if node else ("session", frozenset())
-    yield AsyncSafeCleanup(
+    cleanup = AsyncSafeCleanup(
         engine, book=book, tag=state.next_tag(), context=lambda: (nodeid, confirms)
     )
+    _track_by_default(state, cleanup, node)
+    yield cleanup
     _finish_async(state, book, node)
 
 

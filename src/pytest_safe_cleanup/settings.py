@@ -19,6 +19,7 @@ KEEPS = ("never", "failed")
 UNGUARDED = ("warn", "error", "ignore")
 WATCHES = ("plugin", "all")
 TRIGGERS = ("refuse", "trust")
+TRACKS = ("none", "sessions")
 
 DEFAULT_BLOCKED = ("production", "prod", "prd", "live", "staging", "stage", "stg")
 DEFAULT_ALLOWED = ("local", "test", "testing", "ci", "dev", "development")
@@ -100,6 +101,7 @@ _SPEC: dict[str, tuple[str | None, str | None, str | None, Any]] = {
     "report": ("safe_cleanup_report", None, None, None),
     "run_id": (None, "SAFE_CLEANUP_RUN_ID", None, None),
     "triggers": (None, None, "safe_cleanup_triggers", "refuse"),
+    "track": (None, None, "safe_cleanup_track", "none"),
 }
 
 #: ini keys with their help text, declared by the plugin; the CLI reads the same keys.
@@ -125,6 +127,8 @@ INI_HELP: dict[str, str] = {
     "SAFE_CLEANUP_POSTGRES_IMAGE, else postgres:16-alpine)",
     "safe_cleanup_triggers": "refuse (default) or trust what triggers delete or change "
     "outside the plan (listed in the summary)",
+    "safe_cleanup_track": "none (default) or sessions: safe_cleanup deletes the rows every "
+    "ORM session inserts during the test",
 }
 LIST_INI = {
     "safe_cleanup_env_vars",
@@ -160,6 +164,7 @@ class Settings:
     report: Path | None = None
     run_id: str | None = None
     triggers: str = "refuse"
+    track: str = "none"
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def source(self, name: str) -> str:
@@ -307,5 +312,6 @@ def resolve(
         report=_path(raw["report"], where("report")),
         run_id=str(raw["run_id"]).strip() if raw["run_id"] is not None else None,
         triggers=_choice("triggers", raw["triggers"], TRIGGERS, where("triggers")),
+        track=_choice("track", raw["track"], TRACKS, where("track")),
         sources=MappingProxyType(sources),
     )

@@ -124,6 +124,29 @@ def _rows_line(batch: list[list[Any]]) -> bytes:
     return (text + "\n").encode("ascii")
 
 
+def _remove_own_folder(folder: Path, own: set[str]) -> bool | None:
+    """Remove a folder that holds nothing but the plugin's own files.
+
+    ``own`` names the files besides the ``.gitignore`` that may be removed with it. Returns
+    None when something else is there (nothing is touched), False when the folder could
+    not be removed after its own files were (another worker wrote into it meanwhile).
+    """
+    try:
+        left = {entry.name for entry in folder.iterdir()}
+    except OSError:
+        return None
+    if not left <= own | {".gitignore"}:
+        return None
+    for name in left:
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 class BackupStore:
     """Backups of one run (and worker) under ``root``; created on first write."""
 
@@ -211,11 +234,13 @@ class BackupStore:
         self._ensure_root()
         self._mkdir(self.run_root, "run backup folder")
         self._ignore(self.run_root)
-        with contextlib.suppress(FileExistsError, OSError):
-            self._write_new(self.run_root / RUN_MARKER, f"{self.run_id}\n".encode())
         if self.folder != self.run_root:
             self._mkdir(self.folder, "worker backup folder")
             self._ignore(self.folder)
+        # After the worker's folder: a worker that finds only the marker (see close) may
+        # remove the run folder, and this marker is then written again.
+        with contextlib.suppress(FileExistsError, OSError):
+            self._write_new(self.run_root / RUN_MARKER, f"{self.run_id}\n".encode())
         self.prune()
         self._ready = True
 
@@ -318,10 +343,29 @@ class BackupStore:
         return self._pool
 
     def close(self) -> None:
-        """Stop the writer thread (after the session's last cleanup)."""
+        """Stop the writer thread (after the session's last cleanup); drop an empty run."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """A run whose every backup failed leaves no folder: nothing to list or restore.
+
+        Only empty folders go (``rmdir`` refuses anything else), so a backup that another
+        xdist worker wrote meanwhile is never removed with them.
+        """
+        if not self._ready:
+            return
+        if self.folder != self.run_root:
+            _remove_own_folder(self.folder, set())
+        if _remove_own_folder(self.run_root, {RUN_MARKER}) is False:
+            # another worker's folder appeared meanwhile: the run stays marked and ignored
+            with contextlib.suppress(OSError):
+                self._write_new(self.run_root / RUN_MARKER, f"{self.run_id}\n".encode())
+            with contextlib.suppress(BackupError):
+                self._ignore(self.run_root)
+        self._ready = False
 
     def header(self, dialect: str, plan: Plan, nodeid: str, target: Target) -> bytes:
         """The file's first line: where the rows came from and how to restore them."""
@@ -591,8 +635,8 @@ def list_runs(root: Path) -> list[RunSummary]:
             continue
         files = sorted(entry.rglob("*.jsonl"))
         dumps_found = tuple(sorted(entry.rglob("*.dump")))
-        if not files and not dumps_found and not (entry / RUN_MARKER).is_file():
-            continue
+        if not files and not dumps_found:
+            continue  # a run whose backups all failed (or were pruned) has nothing to restore
         tables: dict[str, int] = {}
         damaged: list[Path] = []
         for path in files:
