@@ -904,7 +904,8 @@ def test_blocked_database_is_read_only_at_the_server_postgres(
             "Session.execute purge": (PG_READ_ONLY, same),
             "AUTOCOMMIT purge": (PG_READ_ONLY, same),
             "postgresql_readonly=False purge": (
-                f"WriteRefused: *{b}*read-only (the driver was set to open read-write*", same
+                f"WriteRefused: *{b}*read-only (the driver was set to open read-write*",
+                same,
             ),
             **{
                 "text " + sql: (f"WriteRefused: safe-cleanup stopped * on *{b}*read-only*", same)
@@ -1647,4 +1648,197 @@ def test_switching_database_without_a_statement_mariadb(
             "pymysql select_db then DELETE": ("*", ITEMS),
         },
     )
+    assert mysql_state(blocked) == {"exists": True, "ids": IDS, "stamp": [PRODUCTION]}
+
+
+# ============================================================ found by the review's attacker
+
+ATTACKS_PG = """
+import atexit
+
+from sqlalchemy import create_engine, text
+
+engine = create_engine(BLOCKED)
+
+
+def rows():
+    import psycopg
+
+    with psycopg.connect(LIBPQ) as c:
+        return c.execute("SELECT count(*) FROM items").fetchone()[0]
+
+
+@atexit.register
+def after_the_session():
+    # runs after pytest's session ended: the guard must still be there
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM items WHERE id = 4"))
+    except Exception:
+        pass
+
+
+def test_functions_that_write_in_a_read_only_transaction():
+    try:
+        engine.connect().close()
+    except Exception:
+        pass
+
+    def through(sql):
+        def run():
+            with engine.connect() as conn:
+                conn.execute(text(sql))
+                conn.commit()
+        return run
+
+    attempt("lo_unlink", through("SELECT lo_unlink(424242)"), rows)
+    attempt("lo_put", through("SELECT lo_put(424243, 0, 'x')"), rows)
+    attempt("pg_terminate_backend", through("SELECT pg_terminate_backend(0)"), rows)
+"""
+
+
+def test_large_objects_other_sessions_and_atexit_on_a_blocked_database(
+    pytester: pytest.Pytester, pg_databases: PgDatabases, env_test: None
+) -> None:
+    """PostgreSQL runs large-object and session functions in read-only transactions; code
+    registered with atexit runs after the session: the guard holds for both."""
+    blocked = pg_databases.create("sct_ledger")
+    seed_pg(blocked, "SELECT lo_from_bytea(424242, 'keep'); SELECT lo_from_bytea(424243, 'keep');")
+    stamp_pg(blocked)
+    pytester.makepyfile(test_lo=project(BLOCKED=blocked, LIBPQ=libpq(blocked)) + ATTACKS_PG)
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+    refused_here = f"WriteRefused: safe-cleanup stopped * on *{name_of(blocked)}*read-only*"
+    check_attempts(
+        results_of(pytester, result),
+        {
+            "lo_unlink": (refused_here, ITEMS),
+            "lo_put": (refused_here, ITEMS),
+            "pg_terminate_backend": (refused_here, ITEMS),
+        },
+    )
+    assert pg_state(blocked) == untouched_pg()
+    with psycopg.connect(libpq(blocked)) as conn:
+        objects = conn.execute(
+            "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata ORDER BY oid"
+        ).fetchall()
+    assert objects == [("keep",), ("keep",)]
+
+
+ATTACKS_SQLITE = """
+import sqlite3
+
+from sqlalchemy import create_engine, text
+
+
+def rows():
+    conn = sqlite3.connect(PROD)
+    try:
+        return conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_an_alias_attached_before_the_watch_saw_the_connection():
+    def make():
+        conn = sqlite3.connect(OK)
+        conn.execute(f"ATTACH DATABASE '{PROD}' AS reporting")
+        return conn
+
+    engine = create_engine("sqlite://", creator=make)
+
+    def delete():
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM reporting.items WHERE id <= 2"))
+
+    attempt("creator ATTACH then reporting.items", delete, rows)
+"""
+
+
+def test_sqlite_attached_alias_is_judged_by_its_file(
+    pytester: pytest.Pytester, env_test: None
+) -> None:
+    """``reporting.items`` is an attached alias: judged by the file it stands for."""
+    ok, prod = sqlite_files(pytester)
+    pytester.makepyfile(test_alias=project(OK=str(ok), PROD=str(prod)) + ATTACKS_SQLITE)
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+
+    check_attempts(
+        results_of(pytester, result),
+        {
+            "creator ATTACH then reporting.items": (
+                "WriteRefused: safe-cleanup stopped DELETE through *ok.db*: it reaches "
+                "*prod.db*, BLOCK*",
+                ITEMS,
+            )
+        },
+    )
+    assert sqlite_ids(prod) == IDS
+
+
+ATTACKS_MYSQL = """
+from sqlalchemy import create_engine, text
+
+
+def rows():
+    import pymysql
+
+    conn = pymysql.connect(**SERVER, database=B)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM items")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+engine = create_engine(ALLOWED)
+
+
+def test_a_view_into_a_blocked_database(safe_cleanup):
+    def make_view():
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE OR REPLACE VIEW recent AS SELECT * FROM {B}.items"))
+            conn.execute(text("DELETE FROM recent WHERE id <= 2"))
+
+    attempt("CREATE VIEW over the blocked database", make_view, rows)
+    # a view made before the run (here by an administrator): the plugin's own cleanup
+    safe_cleanup.on(engine).delete("archive", all_rows=True)
+"""
+
+
+def test_mysql_views_into_a_blocked_database_are_judged_there(
+    pytester: pytest.Pytester, mysql_databases: MysqlDatabases, env_test: None
+) -> None:
+    """A MySQL view in an allowed database can delete rows of another: its text and its
+    stored definition name that database, which is judged."""
+    allowed = mysql_databases.create("sct_ok")
+    blocked = mysql_databases.create("sct_ledger")
+    seed_mysql(allowed)
+    seed_mysql(blocked, PRODUCTION)
+    conn = mysql_connect(allowed)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE VIEW archive AS SELECT * FROM `{name_of(blocked)}`.items")
+    conn.close()
+    pytester.makepyfile(
+        test_view=project(ALLOWED=allowed, B=name_of(blocked), SERVER=mysql_server(allowed))
+        + ATTACKS_MYSQL
+    )
+
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--safe-cleanup=apply", "--safe-cleanup-url", allowed
+    )
+
+    check_attempts(
+        results_of(pytester, result),
+        {
+            "CREATE VIEW over the blocked database": (
+                f"WriteRefused: *the view it makes reads *{name_of(blocked)}*BLOCK*",
+                ITEMS,
+            )
+        },
+    )
+    result.stdout.fnmatch_lines([f"*refused *{name_of(blocked)}: BLOCK*"])
     assert mysql_state(blocked) == {"exists": True, "ids": IDS, "stamp": [PRODUCTION]}

@@ -243,7 +243,9 @@ class State:
         if self._engine is not None:
             self._engine.dispose()
         if self.watching:
-            self.guardian.uninstall()
+            # The guard outlives the session: atexit handlers and threads still running
+            # meet it (a later session in this process takes over from it).
+            self.guardian.finish()
         if self.import_hook is not None:
             self.import_hook.remove()
 
@@ -626,7 +628,12 @@ def _one_line(report: pytest.CollectReport | pytest.TestReport, excinfo: Any) ->
             report.longrepr = where + refusal
 
 
-LIBRARY_PARTS = (f"{os.sep}sqlalchemy{os.sep}", f"{os.sep}pytest_safe_cleanup{os.sep}", "-packages")
+LIBRARY_PARTS = (
+    f"{os.sep}sqlalchemy{os.sep}",
+    f"{os.sep}pytest_safe_cleanup{os.sep}",
+    "-packages",
+    os.path.dirname(os.__file__) + os.sep,  # the standard library (contextlib, asyncio)
+)
 
 
 @pytest.hookimpl(wrapper=True)

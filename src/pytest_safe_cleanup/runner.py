@@ -183,7 +183,7 @@ class Conductor:
         plan = blast.extend(conn, plan, self._references, target.key)
         # After the database's own cascades joined: a table in another database is judged there.
         self.guardian.check_schemas(
-            conn, target, {s.table.schema for s in plan.steps if s.table.schema}
+            conn, target, {(s.table.schema, s.table.name) for s in plan.steps}
         )
         self._hint(conn, target, plan)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -450,6 +451,68 @@ def _driver_lifts_read_only(conn: Connection) -> bool:
     return getattr(driver, "read_only", None) is False or getattr(driver, "readonly", None) is False
 
 
+_WRITES_DESPITE_READ_ONLY = re.compile(
+    r"\b(lo_unlink|lo_put|lo_from_bytea|lo_creat|lo_create|lo_import|lo_truncate|lo_truncate64"
+    r"|lowrite|lo_write|pg_terminate_backend|pg_cancel_backend|pg_reload_conf"
+    r"|pg_rotate_logfile|pg_file_write|pg_file_unlink|pg_file_rename|dblink_exec|dblink"
+    r"|dblink_send_query|pg_logical_emit_message|pg_replication_origin_\w+"
+    r"|pg_create_\w*slot|pg_drop_replication_slot|pg_switch_wal|pg_promote)\s*\(",
+    re.IGNORECASE,
+)
+
+
+def _writes_despite_read_only(statement: str) -> bool:
+    """Functions a read-only PostgreSQL transaction still runs, that change things.
+
+    Large objects (``lo_unlink``, ``lo_put``...), other sessions (``pg_terminate_backend``),
+    the server (``pg_reload_conf``) and other databases (``dblink``): on a BLOCK
+    connection their names anywhere in the text stop it.
+    """
+    return _WRITES_DESPITE_READ_ONLY.search(statement) is not None
+
+
+_QUALIFIED = re.compile(
+    r"(`(?:[^`]|``)+`|[A-Za-z_][\w$]*)\s*\.\s*(?:`(?:[^`]|``)+`|[A-Za-z_][\w$]*)"
+)
+_VIEW = re.compile(r"\bVIEW\b", re.IGNORECASE)
+
+
+def _mysql_qualifiers(text: str) -> list[str]:
+    """The database part of every ``db.name`` in a MySQL text (backquotes undone)."""
+    found = []
+    for match in _QUALIFIED.finditer(text):
+        name = match.group(1)
+        if name.startswith("`"):
+            name = name[1:-1].replace("``", "`")
+        found.append(name)
+    return found
+
+
+def _mysql_view_reaches(statement: str) -> list[str]:
+    """Databases a MySQL ``CREATE|ALTER ... VIEW`` names: rows of them can change through it.
+
+    Column references (``t.col``) read as database names too; a name that is no database
+    holds no stamp and passes, so the cost is only a refusal where a name is blocked.
+    """
+    if _VIEW.search(statement) is None:
+        return []
+    return sorted(set(_mysql_qualifiers(statement)))
+
+
+def _mysql_view_databases(conn: Connection, schema: str | None, table: str) -> list[str]:
+    """The databases a MySQL view's stored definition names (none for a table)."""
+    from sqlalchemy import text
+
+    row = conn.execute(
+        text(
+            "SELECT VIEW_DEFINITION FROM information_schema.VIEWS "
+            "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
+        ),
+        {"schema": schema, "table": table},
+    ).first()
+    return sorted(set(_mysql_qualifiers(str(row[0])))) if row and row[0] else []
+
+
 # -- who sent a statement ----------------------------------------------------------
 
 _LIBRARY_PARTS = tuple(
@@ -478,6 +541,10 @@ def _caller() -> tuple[str, int]:
 
 
 # -- the Guardian --------------------------------------------------------------------
+
+
+_ACTIVE: Guardian | None = None
+"""The Guardian whose listeners are installed (one per process at a time)."""
 
 
 class Guardian:
@@ -704,27 +771,45 @@ class Guardian:
         )
         return self.judge(reached)
 
-    def check_schemas(self, conn: Connection, target: Target, schemas: set[str]) -> None:
-        """A plan's qualified tables that live in another database: BLOCK there refuses.
+    def check_schemas(
+        self, conn: Connection, target: Target, tables: set[tuple[str | None, str]]
+    ) -> None:
+        """A plan's tables that live in another database: BLOCK there refuses.
 
-        On MySQL a schema is a database; on SQLite it is an attached file. On PostgreSQL
-        a schema is part of the connection's own database.
+        On MySQL a schema is a database, and a view may read (and so delete through) tables
+        of other databases: its definition names them. On SQLite a schema is an attached
+        file. On PostgreSQL a schema is part of the connection's own database.
         """
-        for schema in sorted(schemas):
-            name: str | None = schema
-            if target.backend == "sqlite":
-                if schema in ("main", "temp"):
-                    continue
-                files = {
-                    str(r[1]): str(r[2] or "")
-                    for r in conn.exec_driver_sql("PRAGMA database_list").all()
-                }
-                name = files.get(schema, "")
-            elif target.backend != "mysql":
-                continue
+        names: set[str] = set()
+        for schema, table in sorted(tables, key=str):
+            if target.backend == "sqlite" and schema:
+                names.add(self._sqlite_alias_file(conn, schema))
+            elif target.backend == "mysql":
+                if schema:
+                    names.add(schema)
+                names |= set(_mysql_view_databases(conn, schema, table))
+        for name in sorted(names):
+            if name == "":
+                continue  # main, temp or an alias that is not attached
             named = self.database_verdict(conn, target, name, "cleanup plan")
             if named is not None and named[1].level is Level.BLOCK:
                 raise Blocked(*named)
+
+    @staticmethod
+    def _sqlite_alias_file(conn: Connection, alias: str) -> str:
+        """The file an attached schema name stands for ('' for main, temp or unknown)."""
+        if alias.lower() in ("main", "temp"):
+            return ""
+        dbapi = conn.connection.dbapi_connection
+        if dbapi is None:
+            return ""
+        rows = dbapi.cursor()
+        try:
+            rows.execute("PRAGMA database_list")
+            files = {str(r[1]).lower(): str(r[2] or "") for r in rows.fetchall()}
+        finally:
+            rows.close()
+        return files.get(alias.lower(), "")
 
     def _before_execute(
         self,
@@ -749,12 +834,18 @@ class Guardian:
         if kind.writes or blocked:  # a BLOCK connection checks every statement
             if statements.changes_stamp(statement):
                 raise WriteRefused(
-                    f"safe-cleanup stopped a change to a database's stamp on {target.masked_url}"
-                    f" before it was sent{where}: only a database administrator changes a "
+                    f"safe-cleanup stopped a change to a database's stamp, sent through "
+                    f"{target.masked_url}, before it was sent{where}: only a database "
+                    "administrator changes a "
                     f"stamp, outside pytest: {shorten(statement)}"
                 )
             driver_lifts = blocked and _driver_lifts_read_only(conn)
-            if blocked and (kind.writes or driver_lifts or statements.lifts_read_only(statement)):
+            if blocked and (
+                kind.writes
+                or driver_lifts
+                or statements.lifts_read_only(statement)
+                or _writes_despite_read_only(statement)
+            ):
                 why = " (the driver was set to open read-write transactions)" * driver_lifts
                 raise WriteRefused(
                     f"safe-cleanup stopped {verb} on {target.masked_url} before it was "
@@ -771,7 +862,12 @@ class Guardian:
                         f"sent{where}: it reaches a database its text does not name "
                         f"({reach.kind}), so the guard cannot judge it: {shorten(statement)}"
                     )
-                named = self.database_verdict(conn, target, reach.name, reach.kind)
+                name = reach.name
+                if target.backend == "sqlite" and reach.kind != "attach":
+                    name = self._sqlite_alias_file(conn, name)  # db.table: an attached alias
+                    if not name:
+                        continue
+                named = self.database_verdict(conn, target, name, reach.kind)
                 if named is not None and named[1].level is Level.BLOCK:
                     raise WriteRefused(
                         f"safe-cleanup stopped {verb} through {target.masked_url} "
@@ -782,6 +878,15 @@ class Guardian:
                     # The connection now works in the database it switched to.
                     info[INFO_KEY] = named
                     info[_SELECTED_DB] = named[0].database
+        if not blocked and target.backend == "mysql" and kind.writes:
+            for name in _mysql_view_reaches(statement):
+                named = self.database_verdict(conn, target, name, "view")
+                if named is not None and named[1].level is Level.BLOCK:
+                    raise WriteRefused(
+                        f"safe-cleanup stopped {verb} through {target.masked_url} before it was "
+                        f"sent{where}: the view it makes reads {named[0].masked_url}, whose rows "
+                        f"it could change, BLOCK: {named[1].explain()}: {shorten(statement)}"
+                    )
         self._report_unguarded(conn, statement, kind, test)
 
     def _current_mysql_database(
@@ -829,7 +934,15 @@ class Guardian:
             )
 
     def install(self) -> None:
-        """Watch every engine in the process, made by the plugin or not."""
+        """Watch every engine in the process, made by the plugin or not.
+
+        One Guardian watches at a time: a new one (another session in the same process)
+        takes over from the last, which otherwise stays installed until the process ends.
+        """
+        global _ACTIVE
+        if _ACTIVE is not None and _ACTIVE is not self:
+            _ACTIVE.uninstall()
+        _ACTIVE = self
         if not self._installed:
             event.listen(Pool, "first_connect", self._on_pool_connect)
             event.listen(Pool, "connect", self._on_pool_connect)
@@ -838,8 +951,21 @@ class Guardian:
             event.listen(Engine, "before_cursor_execute", self._before_execute)
             self._installed = True
 
+    def finish(self) -> None:
+        """The session is over: nothing more is reported, the guard stays.
+
+        Code that runs after the session (an ``atexit`` handler, a thread still running)
+        meets the same verdicts and read-only BLOCK connections until the process ends.
+        """
+        self.current_test = None
+        self.on_verdict = self.on_block = self.on_use = None
+        self.is_test_file = None
+
     def uninstall(self) -> None:
-        """Stop watching (end of the pytest session)."""
+        """Stop watching (tests of the watch itself; another session's Guardian)."""
+        global _ACTIVE
+        if _ACTIVE is self:
+            _ACTIVE = None
         if self._installed:
             event.remove(Pool, "first_connect", self._on_pool_connect)
             event.remove(Pool, "connect", self._on_pool_connect)
