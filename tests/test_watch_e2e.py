@@ -246,3 +246,63 @@ def test_unguarded_deletes(pytester: pytest.Pytester, pg_url: str, unguarded: st
     assert "test_plugin_cleanup" not in "".join(
         line for line in out.splitlines() if "Unguarded" in line
     )
+
+
+APP_MODULE = """
+from sqlalchemy import create_engine, text
+
+engine = create_engine(URL)
+
+
+def delete_item(item_id):
+    # the application under test deleting its own rows (an endpoint, a service call)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM t WHERE id = :id"), {"id": item_id})
+"""
+
+APP_TESTS = """
+from sqlalchemy import text
+
+import shop.service
+
+
+def test_the_application_deletes_its_own_row():
+    shop.service.delete_item(1)
+
+
+def test_the_test_deletes_a_row_itself():
+    with shop.service.engine.begin() as conn:
+        conn.execute(text("DELETE FROM t WHERE id = 2"))
+"""
+
+
+def test_only_deletes_sent_from_test_code_are_reported(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """The application's own DELETE is its business; a test's raw DELETE is reported at the
+    test file's line, and a suite that turns warnings into errors still passes the first."""
+    seed(pg_url)
+    pytester.makeini("[pytest]\nsafe_cleanup_watch = all\n")
+    package = pytester.mkpydir("shop")
+    (package / "service.py").write_text(f"URL = {pg_url!r}\n" + APP_MODULE)
+    pytester.makepyfile(test_app=APP_TESTS)
+
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "error::pytest_safe_cleanup.watch.UnguardedStatementWarning",
+        "--safe-cleanup-url",
+        pg_url,
+    )
+
+    result.assert_outcomes(passed=1, failed=1)
+    out = output_of(result)
+    result.stdout.fnmatch_lines([
+        "*UnguardedStatementWarning: test_app.py::test_the_test_deletes_a_row_itself: DELETE "
+        "sent outside safe_cleanup*at test_app.py:*: DELETE FROM t WHERE id = 2*",
+    ])
+    assert "test_the_application_deletes_its_own_row" not in out.split("FAILURES")[-1]
+    assert "service.py" not in out
+    # the application's delete ran; the test's, a warning turned error, was never sent
+    assert count_rows(pg_url, "t") == 2

@@ -111,3 +111,39 @@ def test_two_runs_at_once_on_one_server(tmp_path: Path, pg_server_url: str) -> N
     finally:
         engine.dispose()
     assert left == 0, "both disposable databases were dropped"
+
+
+BLOCKED_UNDER_XDIST = """
+from sqlalchemy import create_engine, text
+
+engine = create_engine(URL)
+
+
+def test_{n}():
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM t"))
+"""
+
+
+def test_a_refusal_under_xdist_is_one_line_per_test(
+    pytester: pytest.Pytester, pg_databases
+) -> None:
+    """A BLOCK database reached in workers: each failure is one line at the test's line, with
+    no traceback through the plugin or SQLAlchemy, and every row stays."""
+    from test_watch_e2e import production
+
+    url = production(pg_databases)
+    for n in range(4):
+        pytester.makepyfile(
+            **{f"test_w{n}": f"URL = {url!r}\n" + BLOCKED_UNDER_XDIST.format(n=n)}
+        )
+
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+
+    out = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in out and "sqlalchemy/engine" not in out, out
+    assert "pytest_safe_cleanup/" not in out, out
+    refusals = [line for line in out.splitlines() if "safe-cleanup refused" in line]
+    assert refusals, out
+    assert all(line.startswith(("test_w", "FAILED", "!")) for line in refusals), refusals
+    assert count_rows(url, "t") == 3

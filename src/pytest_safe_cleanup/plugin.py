@@ -500,17 +500,24 @@ def _check_start_target(state: State, url: str) -> None:
             f"safe-cleanup: refusing {target.masked_url} ({where}): BLOCK: {verdict.explain()}"
         )
     try:
-        state.guardian.check(state.default_engine())
-    except Blocked as blocked:
-        raise pytest.UsageError(f"safe-cleanup: {blocked} ({where})") from None
+        # A connection of its own, closed at once: this runs before the conftest files,
+        # whose connect listeners (PRAGMA foreign_keys, search_path) the default engine's
+        # pooled connections must not miss.
+        probe = make_engine(url, pooled=False)
     except TargetError as exc:
         raise pytest.UsageError(f"safe-cleanup: {where}: {exc}") from None
+    try:
+        state.guardian.check(probe)
+    except Blocked as blocked:
+        raise pytest.UsageError(f"safe-cleanup: {blocked} ({where})") from None
     except SQLAlchemyError as exc:
         # Unreachable now: the stamp is read when a test first connects instead.
         state.report.warnings.append(
             f"{target.masked_url} could not be reached at start ({first_line(exc)}); "
             "its stamp is checked at first connection"
         )
+    finally:
+        probe.dispose()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

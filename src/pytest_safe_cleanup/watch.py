@@ -18,6 +18,7 @@ Nothing here imports pytest: the plugin hands the Guardian what it needs.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import sys
@@ -58,8 +59,6 @@ def _record_select_db(driver_conn: Any, info: dict[str, Any]) -> None:
     record it anywhere the watch could read; so the method is wrapped on this one
     connection object (sync or async, as the driver's is).
     """
-    import inspect
-
     original = getattr(driver_conn, "select_db", None)
     if original is None or getattr(original, "_safe_cleanup", False):
         return
@@ -230,7 +229,11 @@ def _pg_client_side(driver_conn: Any) -> tuple[str | None, str | None, int | Non
 def _pg_identity(dbapi_connection: Any, driver_conn: Any, driver: str) -> Reached:
     # psycopg opens a transaction for a SELECT (BEGIN, SELECT, ROLLBACK: three
     # round-trips); in autocommit, which it switches locally while idle, it is one.
-    switch = driver in ("psycopg", "psycopg2") and driver_conn.autocommit is False
+    switch = (
+        driver in ("psycopg", "psycopg2")
+        and getattr(driver_conn, "autocommit", None) is False
+        and not inspect.iscoroutinefunction(getattr(type(driver_conn), "commit", None))
+    )
     if switch:
         driver_conn.autocommit = True
     try:
