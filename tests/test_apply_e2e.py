@@ -327,17 +327,19 @@ def side_engine():
         f"{pg}.parents": {"counted": 4, "deleted": 3},
         "side.db.notes": {"counted": 2, "deleted": None},
     }
-    result.stdout.fnmatch_lines([
-        "*= safe cleanup =*",
-        f"{pg}.children * 4 * 4",
-        f"{pg}.parents * 4 * 3",
-        "side.db.notes * 2 * -",
-        "total * 10 * 7",
-        "backups written: 3",
-        *(f"  {f}" for f in sorted(files.values())),
-        "HELD test_report.py::test_held (side.db): *",
-        "warning: safe_cleanup_backup = none: deletions had no backup",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= safe cleanup =*",
+            f"{pg}.children * 4 * 4",
+            f"{pg}.parents * 4 * 3",
+            "side.db.notes * 2 * -",
+            "total * 10 * 7",
+            "backups written: 3",
+            *(f"  {f}" for f in sorted(files.values())),
+            "HELD test_report.py::test_held (side.db): *",
+            "warning: safe_cleanup_backup = none: deletions had no backup",
+        ]
+    )
     # one line per applied cleanup: none for the dry or the held one
     lines = audit(root)
     assert len(lines) == 4
@@ -588,25 +590,30 @@ def test_cascade_counts_every_table_then_deletes_exactly_those_rows(
 
     result = run(pytester, pg_url, "--safe-cleanup=dry")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([
-        f"{pg}.assets * 4 * -",
-        f"{pg}.users * 4 * -",
-        f"{pg}.accounts * 1 * -",
-        "total * 9 * -",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"{pg}.assets * 4 * -",
+            f"{pg}.users * 4 * -",
+            f"{pg}.accounts * 1 * -",
+            "total * 9 * -",
+        ]
+    )
     assert {t: ids(pg_url, t) for t in everything} == everything
 
     result = run(pytester, pg_url, "--safe-cleanup=apply")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([
-        f"{pg}.assets * 4 * 4",
-        f"{pg}.users * 4 * 4",
-        f"{pg}.accounts * 1 * 1",
-        "total * 9 * 9",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"{pg}.assets * 4 * 4",
+            f"{pg}.users * 4 * 4",
+            f"{pg}.accounts * 1 * 1",
+            "total * 9 * 9",
+        ]
+    )
     got = cleanups(report(pytester))
-    assert {t: (got["test_tenant", t]["counted"], got["test_tenant", t]["deleted"])
-            for t in expected} == {t: (len(v), len(v)) for t, v in expected.items()}
+    assert {
+        t: (got["test_tenant", t]["counted"], got["test_tenant", t]["deleted"]) for t in expected
+    } == {t: (len(v), len(v)) for t, v in expected.items()}
     assert {t: ids(pg_url, t) for t in everything} == {
         t: everything[t] - expected[t] for t in everything
     }

@@ -175,8 +175,13 @@ def test_async_cleanup_under_each_mode_and_loop_scope(
     seed(pg_url)
     make_project(pytester, pg_url, config)
     result = pytester.runpytest_subprocess(
-        f"--safe-cleanup={mode}", "--safe-cleanup-report", "report.json",
-        "-p", "no:cacheprovider", "-W", "error::pytest.PytestUnraisableExceptionWarning",
+        f"--safe-cleanup={mode}",
+        "--safe-cleanup-report",
+        "report.json",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "error::pytest.PytestUnraisableExceptionWarning",
     )
     output = result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=12)
@@ -239,14 +244,20 @@ def test_on_other_engine_and_unbound_error(
     pytester.makeini("[pytest]\nasyncio_mode = strict\n")
     pytester.makepyfile(test_on=ON_AND_UNBOUND.format(other=async_url(other)))
     result = pytester.runpytest_subprocess(
-        "--safe-cleanup=apply", "--safe-cleanup-report", "report.json", "-p", "no:cacheprovider",
+        "--safe-cleanup=apply",
+        "--safe-cleanup-report",
+        "report.json",
+        "-p",
+        "no:cacheprovider",
     )
     result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines([
-        "*RegistrationError: async_safe_cleanup has no engine: define a safe_cleanup_async_engine"
-        " fixture or call async_safe_cleanup.on(async_engine)",
-        "FAILED test_on.py::test_unbound_message - *async_safe_cleanup has no engine*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*RegistrationError: async_safe_cleanup has no engine: define a "
+            "safe_cleanup_async_engine fixture or call async_safe_cleanup.on(async_engine)",
+            "FAILED test_on.py::test_unbound_message - *async_safe_cleanup has no engine*",
+        ]
+    )
     output = result.stdout.str() + result.stderr.str()
     for text_ in LOOP_ERRORS:
         assert text_ not in output, text_
@@ -300,14 +311,23 @@ def test_sync_cleanup_refuses_an_async_engine_and_deletes_nothing(
         test_on=SYNC_ON_ASYNC.format(other=async_url(other), message=SYNC_ON_ASYNC_MESSAGE)
     )
     result = pytester.runpytest_subprocess(
-        "--safe-cleanup-url", pg_url, "--safe-cleanup=apply", "--safe-cleanup-backup-dir", "bk",
-        "--safe-cleanup-report", "report.json", "-p", "no:cacheprovider",
+        "--safe-cleanup-url",
+        pg_url,
+        "--safe-cleanup=apply",
+        "--safe-cleanup-backup-dir",
+        "bk",
+        "--safe-cleanup-report",
+        "report.json",
+        "-p",
+        "no:cacheprovider",
     )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        f"FAILED test_on.py::test_refusal_fails_the_test - *RegistrationError: "
-        f"{SYNC_ON_ASYNC_MESSAGE}",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"FAILED test_on.py::test_refusal_fails_the_test - *RegistrationError: "
+            f"{SYNC_ON_ASYNC_MESSAGE}",
+        ]
+    )
     output = result.stdout.str() + result.stderr.str()
     assert "TypeError" not in output
     assert "error" not in result.parseoutcomes()  # no teardown error either

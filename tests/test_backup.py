@@ -176,8 +176,28 @@ CREATE TABLE everything (
     iv interval, u uuid, j json, jb jsonb, ia integer[], ta text[], m mood, ip inet
 );
 """
-PG_COLUMNS = ("i", "bi", "n", "f", "t", "b", "bo", "d", "tm", "ttz", "ts", "tstz", "iv", "u", "j",
-              "jb", "ia", "ta", "m", "ip")
+PG_COLUMNS = (
+    "i",
+    "bi",
+    "n",
+    "f",
+    "t",
+    "b",
+    "bo",
+    "d",
+    "tm",
+    "ttz",
+    "ts",
+    "tstz",
+    "iv",
+    "u",
+    "j",
+    "jb",
+    "ia",
+    "ta",
+    "m",
+    "ip",
+)
 PG_INSERT = text(
     "INSERT INTO everything VALUES (:id, :i, :bi, :n, :f, :t, :b, :bo, :d, :tm, :ttz, :ts, "
     ":tstz, :iv, :u, CAST(:j AS json), CAST(:jb AS jsonb), :ia, :ta, CAST(:m AS mood), "
@@ -291,8 +311,10 @@ def test_postgres_round_trip_of_every_type(pg_everything: Engine, tmp_path: Path
     assert_same_rows(before, after)
     with engine.connect() as conn:  # SQL NULL stayed NULL, JSON 'null' inside stayed JSON
         nulls = conn.execute(
-            text("SELECT j IS NULL, jb IS NULL, jb::text FROM everything WHERE id IN (2, 3) "
-                 "ORDER BY id")
+            text(
+                "SELECT j IS NULL, jb IS NULL, jb::text FROM everything WHERE id IN (2, 3) "
+                "ORDER BY id"
+            )
         ).all()
     assert [tuple(r) for r in nulls] == [(False, False, "[[1, 2], {}, null]"), (True, True, None)]
 
@@ -309,7 +331,11 @@ def apply_capturing(
 
         seen.append(f"{conn.dialect.driver}{' async' if conn.dialect.is_async else ''}")
         return executor.apply(
-            conn, plan.build_plan(regs), verdict=ALLOW, max_rows=10000, backup=None,
+            conn,
+            plan.build_plan(regs),
+            verdict=ALLOW,
+            max_rows=10000,
+            backup=None,
             capture=capture,
         )
 
@@ -463,9 +489,7 @@ def test_postgres_restore_goes_parent_first_and_orders_self_references(
     assert rows_of(engine, "users") == raw
 
 
-def test_postgres_backup_into_another_schema_is_refused(
-    pg_databases: Any, tmp_path: Path
-) -> None:
+def test_postgres_backup_into_another_schema_is_refused(pg_databases: Any, tmp_path: Path) -> None:
     source = engine_for(pg_databases.create())
     other = engine_for(pg_databases.create())
     schema = (
@@ -521,11 +545,22 @@ def test_sqlite_round_trip_of_every_type(tmp_path: Path) -> None:
         conn.execute(
             items.insert(),
             [
-                dict(id=1, r=1.25, t="é\n'", bl=bytes(range(256)),
-                     when=dt.datetime(2024, 2, 29, 23, 59, 59, 123456),
-                     amount=Decimal("12345678901234567890.0123456789")),
-                dict(id=2, r=float("inf"), t="", bl=b"", when=dt.datetime(1, 1, 1),
-                     amount=Decimal("-0.5")),
+                dict(
+                    id=1,
+                    r=1.25,
+                    t="é\n'",
+                    bl=bytes(range(256)),
+                    when=dt.datetime(2024, 2, 29, 23, 59, 59, 123456),
+                    amount=Decimal("12345678901234567890.0123456789"),
+                ),
+                dict(
+                    id=2,
+                    r=float("inf"),
+                    t="",
+                    bl=b"",
+                    when=dt.datetime(1, 1, 1),
+                    amount=Decimal("-0.5"),
+                ),
                 dict(id=3, r=None, t=None, bl=None, when=None, amount=None),
             ],
         )
@@ -551,13 +586,21 @@ def test_sqlite_round_trip_of_every_type(tmp_path: Path) -> None:
 
 RESTORE_URL_CASES = [
     # (id, source URL, recorded restore URL)
-    ("no-password", "postgresql+psycopg://app@db.example.com/db", "postgresql+psycopg://app@db.example.com/db"),
+    (
+        "no-password",
+        "postgresql+psycopg://app@db.example.com/db",
+        "postgresql+psycopg://app@db.example.com/db",
+    ),
     ("userinfo-password", "postgresql+psycopg://app:pw@db.example.com/orders", None),
     ("empty-userinfo-password", "postgresql+psycopg://app:@db.example.com/orders", None),
     ("query-password", "postgresql+psycopg://app@db.example.com/orders?password=sekrit", None),
     ("query-PWD-upper", "mssql+pyodbc://app@db.example.com/orders?PWD=sekrit", None),
     ("query-sslpassword", "postgresql+psycopg://app@db.example.com/orders?sslpassword=k", None),
-    ("other-query-kept", "postgresql://app@h/orders?sslmode=require", "postgresql://app@h/orders?sslmode=require"),
+    (
+        "other-query-kept",
+        "postgresql://app@h/orders?sslmode=require",
+        "postgresql://app@h/orders?sslmode=require",
+    ),
 ]
 
 
@@ -688,9 +731,7 @@ class DiskFullStore(BackupStore):
         return os.open("/dev/full", os.O_WRONLY)
 
 
-def test_disk_full_stops_the_delete_and_leaves_no_file(
-    sqlite_rows: Engine, tmp_path: Path
-) -> None:
+def test_disk_full_stops_the_delete_and_leaves_no_file(sqlite_rows: Engine, tmp_path: Path) -> None:
     store = DiskFullStore(tmp_path / "backups", "r")
     with pytest.raises(BackupError) as info:
         apply_with_backup(sqlite_rows, store, [registration("things", 1, 2, 3)])

@@ -38,14 +38,16 @@ def test_bad_registrations_fail_the_test_at_the_call(
         "--safe-cleanup-url", pg_url, "--safe-cleanup=apply", "-p", "no:cacheprovider"
     )
     result.assert_outcomes(passed=1, failed=3)
-    result.stdout.fnmatch_lines_random([
-        "E * refusing to register a cleanup of every row of 'children': add a condition*"
-        "or pass all_rows=True",
-        "E * table 'no_such_table' does not exist in postgresql+psycopg://*: check the name*",
-        "E * table 'parents' has no column 'nmae' (columns: id, name)",
-        # the short summary names the failing line too
-        "FAILED test_bad.py::test_no_condition - *all_rows=True*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "E * refusing to register a cleanup of every row of 'children': add a condition*"
+            "or pass all_rows=True",
+            "E * table 'no_such_table' does not exist in postgresql+psycopg://*: check the name*",
+            "E * table 'parents' has no column 'nmae' (columns: id, name)",
+            # the short summary names the failing line too
+            "FAILED test_bad.py::test_no_condition - *all_rows=True*",
+        ]
+    )
     # all_rows=True is accepted: counted every child, deleted none (the marker made it dry)
     result.stdout.fnmatch_lines(["*.children * 3 * -"])
     assert count_rows(pg_url, "parents") == 3
@@ -78,8 +80,10 @@ def test_missing_driver_names_the_extra(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makepyfile("def test_never_runs(safe_cleanup):\n    pass\n")
     result = pytester.runpytest_subprocess(
-        "--safe-cleanup-url", "mysql+mysqldb://u:pwSECRET@127.0.0.1/app_test",
-        "-p", "no:cacheprovider",
+        "--safe-cleanup-url",
+        "mysql+mysqldb://u:pwSECRET@127.0.0.1/app_test",
+        "-p",
+        "no:cacheprovider",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: safe-cleanup: *'MySQLdb' is not installed: pip install*"])
@@ -118,9 +122,9 @@ def test_unreachable_database_is_a_clear_setup_error(
     )
     result.stdout.fnmatch_lines(["*ERROR at setup of test_first*", message])
     result.stdout.fnmatch_lines(["*ERROR at setup of test_second*", message])
-    result.stdout.fnmatch_lines([
-        "warning: postgresql+psycopg://postgres:***@127.0.0.1:1/x could not be reached at start*"
-    ])
+    result.stdout.fnmatch_lines(
+        ["warning: postgresql+psycopg://postgres:***@127.0.0.1:1/x could not be reached at start*"]
+    )
     # the plugin's own source lines are not part of the error
     result.stdout.no_fnmatch_line("*pytest_safe_cleanup/*.py:*")
     assert "pwUNREACH" not in result.stdout.str() + result.stderr.str()

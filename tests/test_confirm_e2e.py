@@ -112,17 +112,19 @@ def test_confirm_target_without_the_marker_is_held(
     # Both tests pass their own body and error at teardown: the cleanup was held.
     result.assert_outcomes(passed=2, errors=2)
     hint = f'@pytest.mark.safe_cleanup(confirm="{name}")'
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_unmarked*",
-        f"*ENVIRONMENT='{environment}' is neither allowed nor blocked*nothing was deleted. "
-        f"Add {hint} to the test, class or module",
-        "*ERROR at teardown of test_other_database*",
-        f"*Add {hint} to the test*",
-        "*= safe cleanup =*",
-        f"target {name} *: CONFIRM",
-        f"HELD test_hold.py::test_unmarked ({name}*): *Add {hint}*",
-        f"HELD test_hold.py::test_other_database ({name}*): *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_unmarked*",
+            f"*ENVIRONMENT='{environment}' is neither allowed nor blocked*nothing was deleted. "
+            f"Add {hint} to the test, class or module",
+            "*ERROR at teardown of test_other_database*",
+            f"*Add {hint} to the test*",
+            "*= safe cleanup =*",
+            f"target {name} *: CONFIRM",
+            f"HELD test_hold.py::test_unmarked ({name}*): *Add {hint}*",
+            f"HELD test_hold.py::test_other_database ({name}*): *",
+        ]
+    )
     assert statuses(pytester) == {"test_unmarked": {"held"}, "test_other_database": {"held"}}
     assert remaining_ids(url) == list(range(1, ITEMS + 1))
 
@@ -180,10 +182,12 @@ def test_marker_naming_the_database_lets_cleanup_proceed(
     result = run_apply(pytester, url, "--strict-markers")
 
     result.assert_outcomes(passed=5, errors=1)
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_other_database*",
-        f'*Add @pytest.mark.safe_cleanup(confirm="{name}") to the test*',
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_other_database*",
+            f'*Add @pytest.mark.safe_cleanup(confirm="{name}") to the test*',
+        ]
+    )
     assert statuses(pytester) == {
         "test_function_marker": {"deleted"},
         "test_in_class": {"deleted"},
@@ -261,11 +265,13 @@ def test_allowed_environment_deletes_without_marker_and_dry_marker_keeps(
     result = run_apply(pytester, url)
 
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([
-        "mode: apply (--safe-cleanup)*",
-        f"target {name} *: ALLOW",
-        "  - ENVIRONMENT='test' is an allowed environment",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "mode: apply (--safe-cleanup)*",
+            f"target {name} *: ALLOW",
+            "  - ENVIRONMENT='test' is an allowed environment",
+        ]
+    )
     report = json.loads((pytester.path / "report.json").read_text())
     rows = {c["nodeid"].split("::")[-1]: c for c in report["cleanups"]}
     assert rows["test_unmarked"]["status"] == "deleted"

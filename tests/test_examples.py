@@ -35,14 +35,16 @@ def test_dry_run_counts_what_the_tests_made_and_keeps_it(
     )
     result = _run(pytester, url, "--safe-cleanup=dry")
     result.assert_outcomes(passed=TESTS)
-    result.stdout.fnmatch_lines([
-        "*= safe cleanup =*",
-        "mode: dry (--safe-cleanup)*",
-        "*.assets * 7 * -",
-        "*.users * 14 * -",
-        "*.client_accounts * 6 * -",
-        "total * 27 * -",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= safe cleanup =*",
+            "mode: dry (--safe-cleanup)*",
+            "*.assets * 7 * -",
+            "*.users * 14 * -",
+            "*.client_accounts * 6 * -",
+            "total * 27 * -",
+        ]
+    )
     assert {k: v["counted"] for k, v in _tables(pytester).items()} == EXPECTED
     for table, n in EXPECTED.items():
         assert count_rows(url, table) == n, f"dry run must not delete from {table}"
@@ -71,8 +73,13 @@ def test_apply_removes_exactly_the_registered_rows(
     assert {t: len(rows) for t, rows in seeded.items()} == DEMO_SEED
     copy_examples(pytester)
     result = pytester.runpytest_subprocess(
-        "--safe-cleanup-url", url, "--safe-cleanup=apply", "--safe-cleanup-report", "r.json",
-        "-p", "no:cacheprovider",
+        "--safe-cleanup-url",
+        url,
+        "--safe-cleanup=apply",
+        "--safe-cleanup-report",
+        "r.json",
+        "-p",
+        "no:cacheprovider",
     )
     result.assert_outcomes(passed=TESTS)
     tables = json.loads((pytester.path / "r.json").read_text())["totals"]["tables"]
@@ -112,8 +119,13 @@ def test_adopted_application_rows_are_cleaned_where_it_wrote_them(
         (adopted / name).write_text((EXAMPLES / "adopted" / name).read_text())
 
     dry = pytester.runpytest_subprocess(
-        "adopted", "--safe-cleanup-url", url, "--safe-cleanup-report", "dry.json",
-        "-p", "no:cacheprovider",
+        "adopted",
+        "--safe-cleanup-url",
+        url,
+        "--safe-cleanup-report",
+        "dry.json",
+        "-p",
+        "no:cacheprovider",
     )
     dry.assert_outcomes(passed=2)
     made = {t: sum(tables[t] for tables in ADOPTED.values()) for t in DEMO_SEED}
@@ -121,8 +133,14 @@ def test_adopted_application_rows_are_cleaned_where_it_wrote_them(
         assert count_rows(url, table) == DEMO_SEED[table] + n, table
 
     result = pytester.runpytest_subprocess(
-        "adopted", "--safe-cleanup-url", url, "--safe-cleanup=apply",
-        "--safe-cleanup-report", "r.json", "-p", "no:cacheprovider",
+        "adopted",
+        "--safe-cleanup-url",
+        url,
+        "--safe-cleanup=apply",
+        "--safe-cleanup-report",
+        "r.json",
+        "-p",
+        "no:cacheprovider",
     )
     result.assert_outcomes(passed=2)
     for path, deleted in (("dry.json", None), ("r.json", True)):

@@ -187,11 +187,13 @@ def test_trigger_raising_on_the_last_row_rolls_back_everything(
 
     result = run(pytester, pg_url)
     result.assert_outcomes(passed=2, errors=2)
-    result.stdout.fnmatch_lines_random([
-        "safe-cleanup: cleanup failed and was rolled back, nothing was deleted: "
-        "parent 52 may not go",
-        "safe-cleanup: cleanup matches 3 rows, more than max_rows=2: nothing was deleted*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "safe-cleanup: cleanup failed and was rolled back, nothing was deleted: "
+            "parent 52 may not go",
+            "safe-cleanup: cleanup matches 3 rows, more than max_rows=2: nothing was deleted*",
+        ]
+    )
     # the children's DELETE and two parents' rows had gone inside the transaction
     assert_nothing_committed_or_audited(pytester, pg_url, family(parents))
     assert {c["status"] for c in report(pytester)["cleanups"]} == {"failed"}
@@ -220,11 +222,13 @@ def test_backend_terminated_between_backup_and_commit_loses_nothing(
 
     result = run(pytester, pg_url)
     result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_family*",
-        "safe-cleanup: cleanup failed and was rolled back, nothing was deleted: "
-        "*terminating connection due to administrator command*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_family*",
+            "safe-cleanup: cleanup failed and was rolled back, nothing was deleted: "
+            "*terminating connection due to administrator command*",
+        ]
+    )
     assert table_ids(pg_url) == seeded_plus(family(parents))
     got = {(c["nodeid"].split("::")[-1], c["status"]) for c in report(pytester)["cleanups"]}
     assert got == {("test_family", "failed"), ("test_after", "deleted")}
@@ -263,8 +267,16 @@ def test_pytest_killed_during_apply_loses_nothing(
     log = pytester.path / "inner.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--safe-cleanup=apply",
-             "--safe-cleanup-url", pg_url],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "--safe-cleanup=apply",
+                "--safe-cleanup-url",
+                pg_url,
+            ],
             cwd=pytester.path,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -318,11 +330,13 @@ def test_backup_folder_under_a_regular_file_stops_the_delete(
 
     result = run(pytester, pg_url, "--safe-cleanup-backup-dir", str(folder))
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_family*",
-        "safe-cleanup: the backup could not be written, nothing was deleted: cannot create the "
-        f"backup folder {folder}: Not a directory*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_family*",
+            "safe-cleanup: the backup could not be written, nothing was deleted: cannot create the "
+            f"backup folder {folder}: Not a directory*",
+        ]
+    )
     assert table_ids(pg_url) == seeded_plus(family(parents))
     assert blocker.is_file()
 
@@ -372,11 +386,13 @@ def test_disk_full_while_writing_the_backup_stops_the_delete(
         "-p", "no:cacheprovider", "--safe-cleanup-backup-dir", str(full),
     )  # fmt: skip
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_big_rows*",
-        "safe-cleanup: the backup could not be written, nothing was deleted: could not write "
-        f"backup {full}/*.jsonl: No space left on device; nothing was deleted",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_big_rows*",
+            "safe-cleanup: the backup could not be written, nothing was deleted: could not write "
+            f"backup {full}/*.jsonl: No space left on device; nothing was deleted",
+        ]
+    )
     assert ids(pg_url, "parents") == {1, 2, 3, *range(100, 200)}
 
 
@@ -396,12 +412,14 @@ def test_audit_log_on_a_full_disk_after_the_commit_says_what_happened(
 
     result = run(pytester, pg_url)
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_family*",
-        "safe-cleanup: the rows were deleted and backed up to *.jsonl, but the audit log could "
-        f"not be written: cannot append to the audit log {root}/audit.jsonl: "
-        "No space left on device*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_family*",
+            "safe-cleanup: the rows were deleted and backed up to *.jsonl, but the audit log could "
+            f"not be written: cannot append to the audit log {root}/audit.jsonl: "
+            "No space left on device*",
+        ]
+    )
     result.stdout.no_fnmatch_line("*nothing was deleted*")
     assert table_ids(pg_url) == seeded_plus({"parents": set(), "children": set()})
     (path,) = rows_backups(root)

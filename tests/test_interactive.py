@@ -68,8 +68,15 @@ def spawn(project: Path, url: str, *, ci: bool = False) -> Any:
     if ci:
         env["CI"] = "true"
     args = [
-        "-m", "pytest", str(project), "--safe-cleanup=apply", "--safe-cleanup-url", url,
-        "-p", "no:cacheprovider", f"--basetemp={project.parent / 'basetemp'}",
+        "-m",
+        "pytest",
+        str(project),
+        "--safe-cleanup=apply",
+        "--safe-cleanup-url",
+        url,
+        "-p",
+        "no:cacheprovider",
+        f"--basetemp={project.parent / 'basetemp'}",
     ]
     return pexpect.spawn(
         sys.executable, args, cwd=str(project), env=env, timeout=60, encoding="utf-8"
@@ -88,7 +95,9 @@ def test_typing_the_name_confirms_and_deletes(tmp_path: Path, pg_databases: Any)
     db = make_url(plain).database
     url = make_url(plain).set(password="s3cretPW").render_as_string(hide_password=False)
     child = spawn(make_project(tmp_path), url)
-    child.expect(f"about to delete test data in postgresql\\+psycopg://postgres@127.0.0.1:5432/{db}")
+    child.expect(
+        f"about to delete test data in postgresql\\+psycopg://postgres@127.0.0.1:5432/{db}"
+    )
     child.expect("ENVIRONMENT='qa'")
     child.expect(f"{PROMPT} \\({db}\\)")
     before = item_ids(plain)

@@ -80,12 +80,14 @@ def test_off_keeps_fixtures_usable_and_does_no_teardown_work(
     )
     result = run(pytester, pg_url, "--safe-cleanup=off")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([
-        "safe-cleanup: mode=off (--safe-cleanup)*",
-        "*= safe cleanup =*",
-        "mode: off (--safe-cleanup)*",
-        "safe cleanup is off: no teardown work was done",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "safe-cleanup: mode=off (--safe-cleanup)*",
+            "*= safe cleanup =*",
+            "mode: off (--safe-cleanup)*",
+            "safe cleanup is off: no teardown work was done",
+        ]
+    )
     result.stdout.no_fnmatch_line("*counted*")
     doc = report(pytester)
     assert doc["mode"] == "off"
@@ -120,13 +122,15 @@ def test_apply_deletes_exactly_the_registered_rows(
     project(pytester, APPLY_INI, test_apply=APPLY_TESTS)
     result = run(pytester, pg_url, "--safe-cleanup=apply")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([
-        "mode: apply (--safe-cleanup)*",
-        "target * postgresql+psycopg://postgres@127.0.0.1:5432/*: ALLOW",
-        "*.children * 2 * 2",
-        "*.parents * 3 * 3",
-        "total * 5 * 5",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "mode: apply (--safe-cleanup)*",
+            "target * postgresql+psycopg://postgres@127.0.0.1:5432/*: ALLOW",
+            "*.children * 2 * 2",
+            "*.parents * 3 * 3",
+            "total * 5 * 5",
+        ]
+    )
     doc = report(pytester)
     assert doc["totals"]["counted"] == doc["totals"]["deleted"] == 5
     assert {c["status"] for c in doc["cleanups"]} == {"deleted"}
@@ -189,12 +193,14 @@ def test_max_rows_from_ini_and_marker_refuses_and_deletes_nothing(
     )
     result = run(pytester, pg_url, "--safe-cleanup=apply")
     result.assert_outcomes(passed=3, errors=2)
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_over_ini*",
-        "safe-cleanup: cleanup matches 4 rows, more than max_rows=3: nothing was deleted*",
-        "*ERROR at teardown of test_over_marker*",
-        "safe-cleanup: cleanup matches 3 rows, more than max_rows=1: nothing was deleted*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_over_ini*",
+            "safe-cleanup: cleanup matches 4 rows, more than max_rows=3: nothing was deleted*",
+            "*ERROR at teardown of test_over_marker*",
+            "safe-cleanup: cleanup matches 3 rows, more than max_rows=1: nothing was deleted*",
+        ]
+    )
     cleanups = report(pytester)["cleanups"]
     status = {(c["nodeid"].split("::")[-1]): c["status"] for c in cleanups}
     # a limit refusal is recorded as "failed" ("refused" is a BLOCK target's status)
@@ -221,9 +227,7 @@ END $$
 """
 
 
-def test_a_failure_mid_plan_rolls_back_every_table(
-    pytester: pytest.Pytester, pg_url: str
-) -> None:
+def test_a_failure_mid_plan_rolls_back_every_table(pytester: pytest.Pytester, pg_url: str) -> None:
     seed_family(pg_url)
     engine = create_engine(pg_url)
     with engine.begin() as conn:
@@ -254,11 +258,13 @@ def test_a_failure_mid_plan_rolls_back_every_table(
     result = run(pytester, pg_url, "--safe-cleanup=apply")
     result.assert_outcomes(passed=1, errors=1)
     # the trigger fires on the parent only after the children's DELETE ran: one transaction
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_family*",
-        "safe-cleanup: cleanup failed and was rolled back, nothing was deleted:*"
-        "parent 150 is protected (its children were already deleted)*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_family*",
+            "safe-cleanup: cleanup failed and was rolled back, nothing was deleted:*"
+            "parent 150 is protected (its children were already deleted)*",
+        ]
+    )
     statuses = {c["status"] for c in report(pytester)["cleanups"]}
     assert statuses == {"failed"}
     assert ids(pg_url, "parents") == {1, 2, 3, 150, 151}
@@ -341,10 +347,12 @@ def side_engine():
     result = run(pytester, pg_url, f"--safe-cleanup={mode}")
     result.assert_outcomes(passed=1)
     deleted = mode == "apply"
-    result.stdout.fnmatch_lines_random([
-        f"*.parents * 1 * {'1' if deleted else '-'}",
-        f"side.db.notes * 2 * {'2' if deleted else '-'}",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            f"*.parents * 1 * {'1' if deleted else '-'}",
+            f"side.db.notes * 2 * {'2' if deleted else '-'}",
+        ]
+    )
     doc = report(pytester)
     pg_name = pg_url.rsplit("/", 1)[-1]
     got = {(c["target"], c["table"]): (c["counted"], c["deleted"]) for c in doc["cleanups"]}
@@ -384,9 +392,12 @@ def test_keep_failed_keeps_the_failing_tests_rows(pytester: pytest.Pytester, pg_
     result = run(pytester, pg_url, "--safe-cleanup=apply")
     result.assert_outcomes(passed=1, failed=1)
     pg_name = pg_url.rsplit("/", 1)[-1]
-    result.stdout.fnmatch_lines([
-        f"KEPT test_keep.py::test_fails ({pg_name}): the test failed*safe_cleanup_keep = failed*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"KEPT test_keep.py::test_fails ({pg_name}): "
+            "the test failed*safe_cleanup_keep = failed*",
+        ]
+    )
     result.stdout.no_fnmatch_line("KEPT test_keep.py::test_passes*")
     got = by_test(report(pytester))
     assert got["test_passes", "parents"]["status"] == "deleted"

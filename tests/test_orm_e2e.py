@@ -34,7 +34,7 @@ INSERT INTO assets (account_id, name) VALUES (1, 'seed-asset');
 #: rows that exist before any inner test runs, and must survive every cleanup
 SEED = {"accounts": 1, "users": 2, "assets": 1}
 
-MODELS = '''
+MODELS = """
 from __future__ import annotations
 
 from sqlalchemy import ForeignKey
@@ -67,7 +67,7 @@ class Asset(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     name: Mapped[str]
     account: Mapped[Account] = relationship(back_populates="assets")
-'''
+"""
 
 CONFTEST = """
 import pytest
@@ -157,21 +157,29 @@ def cleanups_by_test(path: str) -> dict[str, dict[str, tuple[int, int | None, st
 def test_dry_counts_exactly_what_the_orm_inserted(pytester: pytest.Pytester, pg_url: str) -> None:
     make_project(pytester, pg_url)
     result = pytester.runpytest_subprocess(
-        "--safe-cleanup-url", pg_url, "--safe-cleanup=dry",
-        "--safe-cleanup-report", "report.json", "-v", "-p", "no:cacheprovider",
+        "--safe-cleanup-url",
+        pg_url,
+        "--safe-cleanup=dry",
+        "--safe-cleanup-report",
+        "report.json",
+        "-v",
+        "-p",
+        "no:cacheprovider",
     )
     result.assert_outcomes(passed=3)
     db = pg_url.rsplit("/", 1)[1]
-    result.stdout.fnmatch_lines([
-        "*= safe cleanup =*",
-        "mode: dry (--safe-cleanup)*",
-        f"{db}.assets * 5 * -",
-        f"{db}.users * 6 * -",
-        f"{db}.accounts * 2 * -",
-        f"  test_orm.py::test_graph: {db}.assets counted 5 deleted - [[]dry[]]",
-        f"  test_orm.py::test_graph: {db}.users counted 3 deleted - [[]dry[]]",
-        f"  test_orm.py::test_graph: {db}.accounts counted 1 deleted - [[]dry[]]",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= safe cleanup =*",
+            "mode: dry (--safe-cleanup)*",
+            f"{db}.assets * 5 * -",
+            f"{db}.users * 6 * -",
+            f"{db}.accounts * 2 * -",
+            f"  test_orm.py::test_graph: {db}.assets counted 5 deleted - [[]dry[]]",
+            f"  test_orm.py::test_graph: {db}.users counted 3 deleted - [[]dry[]]",
+            f"  test_orm.py::test_graph: {db}.accounts counted 1 deleted - [[]dry[]]",
+        ]
+    )
     assert "FAILED" not in result.stdout.str()
     found = cleanups_by_test(str(pytester.path / "report.json"))
     assert {
@@ -188,8 +196,13 @@ def test_apply_deletes_exactly_what_the_orm_inserted(
 ) -> None:
     make_project(pytester, pg_url)
     result = pytester.runpytest_subprocess(
-        "--safe-cleanup-url", pg_url, "--safe-cleanup=apply",
-        "--safe-cleanup-report", "report.json", "-p", "no:cacheprovider",
+        "--safe-cleanup-url",
+        pg_url,
+        "--safe-cleanup=apply",
+        "--safe-cleanup-report",
+        "report.json",
+        "-p",
+        "no:cacheprovider",
     )
     result.assert_outcomes(passed=3)
     found = cleanups_by_test(str(pytester.path / "report.json"))

@@ -55,11 +55,13 @@ def test_json_report_has_the_schema_and_exact_counts(
     )
     result.assert_outcomes(passed=2)
     db = db_name(pg_url)
-    result.stdout.fnmatch_lines([
-        "safe-cleanup: mode=dry (SAFE_CLEANUP_MODE), "
-        f"target=postgresql+psycopg://postgres@127.0.0.1:5432/{db} (--safe-cleanup-url), "
-        "run myrun123",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "safe-cleanup: mode=dry (SAFE_CLEANUP_MODE), "
+            f"target=postgresql+psycopg://postgres@127.0.0.1:5432/{db} (--safe-cleanup-url), "
+            "run myrun123",
+        ]
+    )
     # without -v there is no line per test
     result.stdout.no_fnmatch_line("*test_report.py::test_a: *counted*")
 
@@ -74,7 +76,14 @@ def test_json_report_has_the_schema_and_exact_counts(
     assert target["reasons"] and all(isinstance(r, str) for r in target["reasons"])
     for cleanup in doc["cleanups"]:
         assert set(cleanup) >= {
-            "nodeid", "target", "table", "counted", "deleted", "backup", "status", "reason"
+            "nodeid",
+            "target",
+            "table",
+            "counted",
+            "deleted",
+            "backup",
+            "status",
+            "reason",
         }
         assert cleanup["nodeid"].startswith("test_report.py::")
         assert cleanup["target"] == db
@@ -124,11 +133,13 @@ def test_verbose_adds_one_line_per_test_and_table(pytester: pytest.Pytester, pg_
     result = pytester.runpytest_subprocess("--safe-cleanup-url", pg_url, "-v")
     result.assert_outcomes(passed=2)
     db = db_name(pg_url)
-    result.stdout.fnmatch_lines_random([
-        f"  test_report.py::test_a: {db}.parents counted 2 deleted - [dry]",
-        f"  test_report.py::test_b: {db}.parents counted 1 deleted - [dry]",
-        f"  test_report.py::test_b: {db}.children counted 3 deleted - [dry]",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            f"  test_report.py::test_a: {db}.parents counted 2 deleted - [dry]",
+            f"  test_report.py::test_b: {db}.parents counted 1 deleted - [dry]",
+            f"  test_report.py::test_b: {db}.children counted 3 deleted - [dry]",
+        ]
+    )
     per_test = [line for line in result.outlines if line.startswith("  test_report.py::")]
     assert len(per_test) == len(MADE)
 
@@ -142,12 +153,16 @@ def test_records_go_through_the_pytest_safe_cleanup_logger(
         "--safe-cleanup-url", pg_url, "--log-level=INFO", "-o", "log_cli=true"
     )
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([
-        "*live log teardown*",
-        "INFO * pytest_safe_cleanup:* dry test_report.py::test_a parents: counted=2 deleted=None*",
-        "*live log teardown*",
-        "INFO * pytest_safe_cleanup:* dry test_report.py::test_b children: counted=3 deleted=None*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*live log teardown*",
+            "INFO * pytest_safe_cleanup:* dry test_report.py::test_a parents: "
+            "counted=2 deleted=None*",
+            "*live log teardown*",
+            "INFO * pytest_safe_cleanup:* dry test_report.py::test_b children: "
+            "counted=3 deleted=None*",
+        ]
+    )
 
 
 PASSWORD_TESTS = """
@@ -177,18 +192,27 @@ def test_passwords_never_appear(
     monkeypatch.setenv("ENVIRONMENT", "qa")  # CONFIRM, and CI=true: cleanup is held
     project(pytester, f"    DB = {db!r}\n" + PASSWORD_TESTS)
     result = pytester.runpytest_subprocess(
-        "--safe-cleanup-url", url, "--safe-cleanup=apply", "-v",
-        "--safe-cleanup-report", "r.json", "--log-level=INFO", "-o", "log_cli=true",
+        "--safe-cleanup-url",
+        url,
+        "--safe-cleanup=apply",
+        "-v",
+        "--safe-cleanup-report",
+        "r.json",
+        "--log-level=INFO",
+        "-o",
+        "log_cli=true",
     )
     result.assert_outcomes(passed=2, errors=2)
     doc = load(pytester)
     statuses = {c["nodeid"].split("::")[1]: c["status"] for c in doc["cleanups"]}
     assert statuses == {"test_held": "held", "test_too_many": "failed"}
-    result.stdout.fnmatch_lines([
-        "safe-cleanup: mode=apply*target=postgresql+psycopg://postgres:***@127.0.0.1:5432/*",
-        # the database reached, as the connection reports it: no password to mask there
-        f"target {db} postgresql+psycopg://postgres@127.0.0.1:5432/{db}: CONFIRM",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "safe-cleanup: mode=apply*target=postgresql+psycopg://postgres:***@127.0.0.1:5432/*",
+            # the database reached, as the connection reports it: no password to mask there
+            f"target {db} postgresql+psycopg://postgres@127.0.0.1:5432/{db}: CONFIRM",
+        ]
+    )
     outputs = {
         "stdout": result.stdout.str(),
         "stderr": result.stderr.str(),
@@ -220,9 +244,11 @@ def test_password_hidden_when_a_registration_cannot_connect(
     result = pytester.runpytest_subprocess("--safe-cleanup-url", url)
     result.assert_outcomes(failed=1)
     # the plugin names the database it could not reach (psycopg 3.1's own message does not)
-    result.stdout.fnmatch_lines([
-        "*cannot reach postgresql+psycopg://postgres:[*][*][*]@127.0.0.1:1/* to look up table "
-        "'parents': *"
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*cannot reach postgresql+psycopg://postgres:[*][*][*]@127.0.0.1:1/* to look up table "
+            "'parents': *"
+        ]
+    )
     assert PASSWORD not in result.stdout.str() + result.stderr.str()
     assert count_rows(plain, "parents") == 1

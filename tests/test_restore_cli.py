@@ -138,8 +138,15 @@ def test_restore_into_a_production_stamped_database_is_refused(deleted: Deleted)
     # a subprocess, as users run it: this pytest process's own guard would refuse the
     # stamped database before the command could
     done = subprocess.run(
-        [sys.executable, "-m", "pytest_safe_cleanup.cli", "restore", deleted.path, "--confirm",
-         deleted.name],
+        [
+            sys.executable,
+            "-m",
+            "pytest_safe_cleanup.cli",
+            "restore",
+            deleted.path,
+            "--confirm",
+            deleted.name,
+        ],
         env={**os.environ, "ENVIRONMENT": "test"},
         capture_output=True,
         text=True,

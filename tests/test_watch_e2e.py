@@ -36,9 +36,18 @@ def production(pg_databases) -> str:
     url = pg_databases.create()
     seed(url)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest_safe_cleanup.cli", "stamp", url, "--environment",
-         "production"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest_safe_cleanup.cli",
+            "stamp",
+            url,
+            "--environment",
+            "production",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return url
@@ -81,10 +90,12 @@ def test_first_connection_to_a_blocked_database_errors_and_stops(
     pytester.makepyfile(test_block=UNCAUGHT.format(url=url))
     result = pytester.runpytest_subprocess("--safe-cleanup=apply", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "test_block.py:6: safe-cleanup refused postgresql+psycopg://*: BLOCK:*production*",
-        "*Interrupted: *safe-cleanup refused*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "test_block.py:6: safe-cleanup refused postgresql+psycopg://*: BLOCK:*production*",
+            "*Interrupted: *safe-cleanup refused*",
+        ]
+    )
     assert "test_never_runs" not in result.stdout.str()
     assert_untouched(url)
 
@@ -198,7 +209,11 @@ def test_unguarded_deletes(pytester: pytest.Pytester, pg_url: str, unguarded: st
     )
     pytester.makepyfile(test_u=UNGUARDED.format(url=pg_url))
     result = pytester.runpytest_subprocess(
-        "--safe-cleanup=apply", "--safe-cleanup-url", pg_url, "-p", "no:cacheprovider",
+        "--safe-cleanup=apply",
+        "--safe-cleanup-url",
+        pg_url,
+        "-p",
+        "no:cacheprovider",
     )
     out = output_of(result)
 
@@ -211,29 +226,36 @@ def test_unguarded_deletes(pytester: pytest.Pytester, pg_url: str, unguarded: st
 
     if unguarded == "warn":
         result.assert_outcomes(passed=4, warnings=2)
-        result.stdout.fnmatch_lines([
-            "*/test_u.py:6: UnguardedStatementWarning: test_u.py::test_plugin_engine: DELETE "
-            "sent outside safe_cleanup (no guard, count or backup) at test_u.py:6: "
-            "DELETE FROM t WHERE id = 1; register it with safe_cleanup.delete() instead",
-            "*UnguardedStatementWarning: test_u.py::test_plugin_engine_with_fixture: TRUNCATE "
-            "sent outside safe_cleanup*: TRUNCATE scratch;*",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "*/test_u.py:6: UnguardedStatementWarning: test_u.py::test_plugin_engine: DELETE "
+                "sent outside safe_cleanup (no guard, count or backup) at test_u.py:6: "
+                "DELETE FROM t WHERE id = 1; register it with safe_cleanup.delete() instead",
+                "*UnguardedStatementWarning: test_u.py::test_plugin_engine_with_fixture: TRUNCATE "
+                "sent outside safe_cleanup*: TRUNCATE scratch;*",
+            ]
+        )
         assert "id = 2" not in out  # watch = plugin: the test's own engine is not reported
         assert remaining() == []
         assert count_rows(pg_url, "scratch") == 0
     elif unguarded == "error":
         result.assert_outcomes(passed=1, failed=3)
-        result.stdout.fnmatch_lines([
-            "*UnguardedStatement: safe-cleanup: test_u.py::test_plugin_engine: DELETE sent "
-            "outside safe_cleanup*DELETE FROM t WHERE id = 1;*(safe_cleanup_unguarded = error)",
-            "FAILED test_u.py::test_own_engine - *UnguardedStatement*DELETE FROM t WHERE id = 2*",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "*UnguardedStatement: safe-cleanup: test_u.py::test_plugin_engine: DELETE sent "
+                "outside safe_cleanup*DELETE FROM t WHERE id = 1;*(safe_cleanup_unguarded = error)",
+                "FAILED test_u.py::test_own_engine - "
+                "*UnguardedStatement*DELETE FROM t WHERE id = 2*",
+            ]
+        )
         assert "test_plugin_cleanup FAILED" not in out
         # the short summary names every failed test: the plugin's own cleanup is not one
-        result.stdout.fnmatch_lines([
-            "FAILED test_u.py::test_plugin_engine - *",
-            "FAILED test_u.py::test_plugin_engine_with_fixture - *",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "FAILED test_u.py::test_plugin_engine - *",
+                "FAILED test_u.py::test_plugin_engine_with_fixture - *",
+            ]
+        )
         result.stdout.no_fnmatch_line("FAILED test_u.py::test_plugin_cleanup*")
         result.stdout.no_fnmatch_line("ERROR test_u.py::test_plugin_cleanup*")
         # nothing was sent: only the registered cleanup deleted (id 3)
@@ -298,10 +320,12 @@ def test_only_deletes_sent_from_test_code_are_reported(
 
     result.assert_outcomes(passed=1, failed=1)
     out = output_of(result)
-    result.stdout.fnmatch_lines([
-        "*UnguardedStatementWarning: test_app.py::test_the_test_deletes_a_row_itself: DELETE "
-        "sent outside safe_cleanup*at test_app.py:*: DELETE FROM t WHERE id = 2*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*UnguardedStatementWarning: test_app.py::test_the_test_deletes_a_row_itself: DELETE "
+            "sent outside safe_cleanup*at test_app.py:*: DELETE FROM t WHERE id = 2*",
+        ]
+    )
     assert "test_the_application_deletes_its_own_row" not in out.split("FAILURES")[-1]
     assert "service.py" not in out
     # the application's delete ran; the test's, a warning turned error, was never sent

@@ -134,9 +134,7 @@ def test_a_refusal_under_xdist_is_one_line_per_test(
 
     url = production(pg_databases)
     for n in range(4):
-        pytester.makepyfile(
-            **{f"test_w{n}": f"URL = {url!r}\n" + BLOCKED_UNDER_XDIST.format(n=n)}
-        )
+        pytester.makepyfile(**{f"test_w{n}": f"URL = {url!r}\n" + BLOCKED_UNDER_XDIST.format(n=n)})
 
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
 
