@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from weakref import WeakSet
+from weakref import WeakKeyDictionary, WeakSet
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -568,7 +568,9 @@ class Guardian:
         self.is_test_file: Callable[[str], bool] | None = None
         #: the nodeid of the test whose body runs now, None between tests
         self.current_test: str | None = None
-        self._refused: set[tuple[int, str]] = set()
+        #: per engine, the BLOCK databases its first connection was refused for (weak: an
+        #: engine's id() is reused once it is gone, and a new engine is refused anew)
+        self._refused: WeakKeyDictionary[Engine, set[str]] = WeakKeyDictionary()
         self._watched: WeakSet[Engine] = WeakSet()
         self._reported: set[tuple[str, str]] = set()
         self._installed = False
@@ -708,12 +710,12 @@ class Guardian:
         target, verdict = self._of(conn)
         if verdict.level is not Level.BLOCK:
             return
-        refusal = (id(conn.engine), target.key)
-        if refusal in self._refused:
+        refused = self._refused.setdefault(conn.engine, set())
+        if target.key in refused:
             return  # caught and connected again: read-only, never refused twice
         # The engine's first connection to a BLOCK database errors (the test stops,
         # the session stops); anything later on it may read, never write.
-        self._refused.add(refusal)
+        refused.add(target.key)
         conn.close()
         blocked = Blocked(target, verdict)
         if self.on_block is not None:
