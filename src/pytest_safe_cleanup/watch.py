@@ -181,8 +181,24 @@ def _pg_stamp_sql(database_sql: str) -> str:
 
 _PG_IDENTITY = (
     "SELECT current_database(), current_user, inet_server_addr()::text, inet_server_port(), "
-    + _pg_stamp_sql("current_database()")
+    "(SELECT setconfig FROM pg_catalog.pg_db_role_setting WHERE setrole = 0 AND setdatabase = "
+    "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))"
 )
+"""One round-trip on a new connection. The stamp comes from the catalog, never from the
+session's own setting, which connect options (``-c``, ``PGOPTIONS``) or a role's setting
+could override; the array is read here rather than in SQL (fewer catalog look-ups on a
+backend whose caches are still cold)."""
+
+
+def _stamp_in(setconfig: Any) -> str | None:
+    """The stamp in a ``pg_db_role_setting.setconfig`` array (``name=value`` items)."""
+    if isinstance(setconfig, str):  # a driver that hands arrays over as their text
+        setconfig = setconfig.strip("{}").split(",")
+    for item in setconfig or ():
+        key, _, value = str(item).strip('"').partition("=")
+        if key == SETTING:
+            return _text(value)
+    return None
 
 
 def _fetch(dbapi_connection: Any, sql: str) -> tuple[Any, ...] | None:
@@ -245,16 +261,15 @@ def _pg_identity(dbapi_connection: Any, driver_conn: Any, driver: str) -> Reache
             _end(dbapi_connection)
     if row is None:
         raise LookupError("the identity query returned no row")
-    database, user, server_addr, server_port, stamp = row
+    database, user, server_addr, server_port, setconfig = row
+    stamp = _stamp_in(setconfig)
     host, hostaddr, port = _pg_client_side(driver_conn)
     if host is None:
         # The driver did not say: the server's own view (NULL over a unix socket).
         host = _text(server_addr) or "/unix-socket"
         hostaddr = _text(server_addr)
         port = int(server_port) if server_port else None
-    return Reached(
-        "postgresql", driver, str(database), host, hostaddr, port, _text(user), _text(stamp)
-    )
+    return Reached("postgresql", driver, str(database), host, hostaddr, port, _text(user), stamp)
 
 
 def _mysql_stamp(dbapi_connection: Any, schema: str | None) -> tuple[str | None, str | None]:
