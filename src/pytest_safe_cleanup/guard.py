@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from .settings import (
     ALWAYS_READ_ENV_VAR,
@@ -198,7 +199,11 @@ def evaluate(
                 )
             )
 
-    name_block = blocked_name(target.name, settings.blocked_environments)
+    # A URL's percent escapes are decoded by some SQLAlchemy versions and not others: the
+    # name is read both ways, and either one holding a blocked word blocks.
+    name_block = blocked_name(target.name, settings.blocked_environments) or blocked_name(
+        unquote(target.name), settings.blocked_environments
+    )
     if name_block is not None:
         reasons.append(
             Reason(
