@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from pytest_safe_cleanup.backup import read_backup
+from pytest_safe_cleanup.backup.format import read_journal
 
 #: a trigger on parents that runs ``action`` when the plan's last parent is deleted
 TRIGGER = """
@@ -136,7 +137,9 @@ def backup_root(pytester: pytest.Pytester) -> Path:
 
 
 def rows_backups(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.jsonl") if p.name != "audit.jsonl")
+    """Every journal record under the backup folder, named ``<journal>#N`` as reports do."""
+    journals = sorted((root).rglob("*.journal"))
+    return [Path(r.location) for j in journals for r in read_journal(j)]
 
 
 def audit_lines(root: Path) -> list[str]:
