@@ -453,10 +453,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise CliError(f"--test and --table select records of a journal, not of {args.path}")
     try:
         if journal:
-            records = [r for r in read_journal(split_location(args.path)[0]) if r.backup]
-            source = records[0].backup if records else None
-            if source is None:
-                source = journal_select(args.path, test=args.test, table=args.table).backup
+            # where the rows came from: any record whose first line can be read says it
+            records = [r for r in read_journal(split_location(args.path)[0]) if r.header]
+            if not records:
+                raise BackupError(
+                    f"journal {split_location(args.path)[0]} holds no readable record"
+                )
+            source = Backup(Path(args.path), records[0].header or {}, [], "")
         else:
             source = read_backup(args.path)
     except BackupError as exc:
