@@ -3,6 +3,8 @@ the guard decides first, and every refusal leaves the rows where they were."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -284,3 +286,59 @@ def test_a_record_whose_transaction_aborted_is_listed_and_skipped(
     assert f"skipped {journal}#2: its delete did not commit (transaction aborted)" in out
     assert "restored 5 rows" in out
     assert deleted.rows() == (3, 3)
+
+
+def old_backup_file(path: Path, url: str) -> None:
+    """A per-teardown backup file as earlier versions wrote them (header, rows, footer)."""
+    lines = [
+        {
+            "kind": "header",
+            "format": "pytest-safe-cleanup rows",
+            "version": 1,
+            "dialect": "postgresql",
+            "url": url,
+            "restore_url": url,
+            "nodeid": "t::old",
+            "tables": ["users", "accounts"],
+        },
+        {
+            "kind": "table",
+            "name": "users",
+            "table": "users",
+            "schema": None,
+            "columns": ["id", "account_id"],
+        },
+        {"kind": "rows", "rows": [[1, 1], [2, 1], [3, 2]]},
+        {
+            "kind": "table",
+            "name": "accounts",
+            "table": "accounts",
+            "schema": None,
+            "columns": ["id", "name"],
+        },
+        {"kind": "rows", "rows": [[1, "a"], [2, "b"]]},
+    ]
+    body = b"".join(json.dumps(line, separators=(",", ":")).encode() + b"\n" for line in lines)
+    footer = {
+        "kind": "footer",
+        "rows": {"users": 3, "accounts": 2},
+        "total": 5,
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body + json.dumps(footer).encode() + b"\n")
+
+
+def test_an_old_per_teardown_backup_file_still_restores_and_lists(
+    deleted: Deleted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "old-backups" / "run-1" / "0001-t-old-1234abcd.jsonl"
+    old_backup_file(old, deleted.url)
+    code, out, err = run(capsys, "backups", str(tmp_path / "old-backups"))
+    assert (code, err) == (0, "") and "1 file, 5 rows" in out
+    code, out, err = run(capsys, "restore", str(old))
+    assert (code, err) == (0, "") and "restored 5 rows" in out
+    assert deleted.rows() == (2, 3)
+    code, out, err = run(capsys, "restore", str(old), "--test", "t::old")
+    assert code == 3 and "--test and --table select records of a journal" in err
+    assert deleted.rows() == (2, 3)
