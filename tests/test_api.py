@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from pytest_safe_cleanup import Cleanup, CleanupRefused
 from pytest_safe_cleanup.api import CleanupFailed
+from pytest_safe_cleanup.backup.format import read_journal
 from pytest_safe_cleanup.stamp import write_stamp
 
 TENANT = "demo-seed-a"
@@ -63,7 +64,9 @@ def tenant_gone(before: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tupl
 
 
 def backups(cwd: Path) -> list[Path]:
-    return sorted((cwd / ".safe-cleanup" / "backups").glob("*/*.jsonl"))
+    """Every journal record under the backup folder, named ``<journal>#N`` as reports do."""
+    journals = sorted((cwd / ".safe-cleanup" / "backups").rglob("*.journal"))
+    return [Path(r.location) for j in journals for r in read_journal(j)]
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from pytest_safe_cleanup.backup import read_backup, restore
+from pytest_safe_cleanup.backup.format import read_journal, split_location
 from pytest_safe_cleanup.stamp import write_stamp
 
 INNER_CONFTEST = INSERT_FIXTURE
@@ -90,7 +91,9 @@ def audit(root: Path) -> list[dict[str, Any]]:
 
 
 def rows_backups(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.jsonl") if p.name != "audit.jsonl")
+    """Every journal record under the backup folder, named ``<journal>#N`` as reports do."""
+    journals = sorted((root).rglob("*.journal"))
+    return [Path(r.location) for j in journals for r in read_journal(j)]
 
 
 def restore_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -190,7 +193,7 @@ def test_every_type_round_trips_through_the_plugin_and_restore(
     (cleanup,) = report(pytester)["cleanups"]
     assert (cleanup["status"], cleanup["counted"], cleanup["deleted"]) == ("deleted", n, n)
     path = cleanup["backup"]
-    assert path and Path(path).is_file()
+    assert path and path.endswith("main.journal#1") and split_location(path)[0].is_file()
     assert read_backup(Path(path)).counts == {"everything": n}
 
     restored = restore_cli(path, "--url", url)

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -52,8 +53,11 @@ from pytest_safe_cleanup.backup import (
     list_runs,
     read_backup,
     restore,
+    restore_backup,
 )
+from pytest_safe_cleanup.backup import journal as journal_module
 from pytest_safe_cleanup.backup import store as store_module
+from pytest_safe_cleanup.backup.format import read_journal, split_location
 from pytest_safe_cleanup.backup.store import RUN_MARKER
 from pytest_safe_cleanup.guard import Level, Verdict
 from pytest_safe_cleanup.target import from_url
@@ -83,6 +87,11 @@ def registration(table: str, *ids: int) -> plan.Registration:
     """A registration through a Table that maps only ``id``: SELECT * must keep the rest."""
     t = Table(table, MetaData(), Column("id", Integer, primary_key=True))
     return plan.Registration(t, t.c.id.in_(ids))
+
+
+def journal_of(location: Path) -> Path:
+    """The journal file a ``<journal>#N`` location names."""
+    return split_location(location)[0]
 
 
 def apply_with_backup(
@@ -373,7 +382,13 @@ def test_postgres_rows_captured_by_the_delete_round_trip_exactly(
     assert driver == ("psycopg async" if use_async else "psycopg")
     assert [(c.table, c.counted, c.deleted) for c in done] == [("everything", 4, 4)]
     assert count(engine, "everything") == 1
-    assert sorted(p.name for p in path.parent.iterdir()) == [".gitignore", RUN_MARKER, path.name]
+    journal = journal_of(path)
+    assert path.name == "main.journal#1"
+    assert sorted(p.name for p in journal.parent.iterdir()) == [
+        ".gitignore",
+        RUN_MARKER,
+        journal.name,
+    ]
 
     backup = read_backup(path)
     # on every driver each row is the server's own text of the whole row
@@ -426,9 +441,10 @@ def test_a_forked_child_writes_its_own_backup(sqlite_rows: Engine, tmp_path: Pat
         pytest.fail("the forked child hung writing its backup")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     assert count(sqlite_rows, "things") == 1
-    assert [read_backup(p).header["nodeid"] for p in sorted(store.folder.glob("*.jsonl"))] == [
-        "t.py::x",
-        "t.py::child",
+    records = read_journal(store.journal)  # one journal: the child appended record #2
+    assert [(r.n, r.nodeid, r.error) for r in records] == [
+        (1, "t.py::x", None),
+        (2, "t.py::child", None),
     ]
     store.close()
 
@@ -618,7 +634,7 @@ def test_backup_header_of_a_url_with_a_query_password_has_no_restore_url(
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE kept (id int PRIMARY KEY); INSERT INTO kept VALUES (1)")
     _, path = apply_with_backup(engine, BackupStore(tmp_path / "b", "r"), [registration("kept", 1)])
-    assert "q-s3cret" not in path.read_text()
+    assert "q-s3cret" not in journal_of(path).read_text()
     backup = read_backup(path)
     assert backup.header["restore_url"] is None and backup.restore_url is None
     assert "password=" in backup.url
@@ -674,10 +690,11 @@ def test_folders_files_gitignore_and_audit(sqlite_rows: Engine, tmp_path: Path) 
     store = BackupStore(root, "run/../1", worker="gw0")
     assert not root.exists()  # created on first write only
     _, path = apply_with_backup(sqlite_rows, store, [registration("things", 1, 2)], "a/t.py::x[1]")
-    assert path.parent == root / "run_.._1" / "gw0"  # no path escapes from ids
-    assert path.name.startswith("0001-a-t.py-x_1") and path.suffix == ".jsonl"
-    assert (mode(root), mode(root / "run_.._1"), mode(path.parent)) == (0o700, 0o700, 0o700)
-    assert mode(path) == 0o600
+    journal = journal_of(path)
+    assert journal == root / "run_.._1" / "gw0.journal"  # no path escapes from ids
+    assert path.name == "gw0.journal#1"
+    assert (mode(root), mode(root / "run_.._1")) == (0o700, 0o700)
+    assert mode(journal) == 0o600
     assert (root / ".gitignore").read_text().splitlines()[-1] == "*"
     assert mode(root / ".gitignore") == 0o600
 
@@ -724,23 +741,31 @@ def test_backup_root_that_is_a_file_stops_the_delete(sqlite_rows: Engine, tmp_pa
 
 
 class DiskFullStore(BackupStore):
-    """Writes the backup through the real /dev/full: every write fails with ENOSPC."""
+    """Appends the journal record to the real /dev/full: every write fails with ENOSPC."""
 
-    def _open_new(self, path: Path) -> int:
-        self.tried = path
-        return os.open("/dev/full", os.O_WRONLY)
+    def _journal_open(self) -> int:
+        if self._journal_fd is None:
+            self._journal_fd = os.open("/dev/full", os.O_WRONLY)
+            self._journal_pid = os.getpid()
+        return self._journal_fd
 
 
-def test_disk_full_stops_the_delete_and_leaves_no_file(sqlite_rows: Engine, tmp_path: Path) -> None:
+def test_disk_full_stops_the_delete_and_leaves_no_record(
+    sqlite_rows: Engine, tmp_path: Path
+) -> None:
     store = DiskFullStore(tmp_path / "backups", "r")
     with pytest.raises(BackupError) as info:
         apply_with_backup(sqlite_rows, store, [registration("things", 1, 2, 3)])
     message = str(info.value)
     assert "No space left on device" in message and "nothing was deleted" in message
-    final = store.tried.name.removeprefix(".").removesuffix(".partial")
-    assert str(store.tried.with_name(final)) in message and "\n" not in message
+    assert str(store.journal) in message and "\n" not in message
     assert count(sqlite_rows, "things") == 3
-    assert sorted(p.name for p in store.folder.iterdir()) == [".gitignore", RUN_MARKER]
+    assert sorted(p.name for p in store.run_root.iterdir()) == [".gitignore", RUN_MARKER]
+    # /dev/full cannot be cut back to its old length: no record may follow the failed one
+    with pytest.raises(BackupError, match="could not be written nor taken back"):
+        apply_with_backup(sqlite_rows, store, [registration("things", 1)])
+    assert count(sqlite_rows, "things") == 3
+    store._journal_close()
 
 
 def test_damaged_backups_are_refused_and_nothing_is_inserted(
@@ -749,16 +774,17 @@ def test_damaged_backups_are_refused_and_nothing_is_inserted(
     _, path = apply_with_backup(
         sqlite_rows, BackupStore(tmp_path / "b", "r"), [registration("things", 1, 2, 3)]
     )
-    data = path.read_bytes()
-    truncated = tmp_path / "truncated.jsonl"
+    data = journal_of(path).read_bytes()
+    truncated = tmp_path / "truncated.journal"
     truncated.write_bytes(data[: len(data) - 40])
-    cut_at_line = tmp_path / "cut.jsonl"
+    cut_at_line = tmp_path / "cut.journal"
     cut_at_line.write_bytes(b"".join(data.splitlines(keepends=True)[:-2]))
-    flipped = tmp_path / "flipped.jsonl"
+    flipped = tmp_path / "flipped.journal"
     i = data.index(b'"b"')  # a value inside a row
     flipped.write_bytes(data[:i] + b'"x"' + data[i + 3 :])
     for bad in (truncated, cut_at_line, flipped):
-        with pytest.raises(BackupError, match=rf"backup {bad} is damaged or truncated"):
+        named = re.escape(f"{bad}#1")
+        with pytest.raises(BackupError, match=rf"(backup|record) {named} is (damaged|truncated)"):
             restore(bad, sqlite_rows)
         assert count(sqlite_rows, "things") == 0
     [run] = list_runs(tmp_path / "b")
@@ -778,7 +804,7 @@ def test_rows_that_change_between_count_and_backup_stop_the_delete(
             store.write_rows(conn, p, counts, nodeid="t", target=from_url(sqlite_rows.url))
         conn.rollback()
     assert count(sqlite_rows, "things") == 3
-    assert list(store.folder.glob("*.jsonl")) == []
+    assert not store.journal.exists()
 
 
 # ---------------------------------------------------------------------------- pg_dump
@@ -931,7 +957,8 @@ def test_git_ignores_everything_the_plugin_writes_beside_a_gitignore_of_the_user
     store = BackupStore(root, "run-1", worker="gw0")
     _, path = apply_with_backup(sqlite_rows, store, [registration("things", 1)])
     store.audit({"run_id": "run-1", "nodeid": "a"})
-    assert path.is_file() and (root / "audit.jsonl").is_file()
+    assert journal_of(path) == root / "run-1" / "gw0.journal"
+    assert journal_of(path).is_file() and (root / "audit.jsonl").is_file()
     status = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=all"],
         cwd=repo,
@@ -941,5 +968,117 @@ def test_git_ignores_everything_the_plugin_writes_beside_a_gitignore_of_the_user
     ).stdout
     assert status.splitlines() == ["?? backups/.gitignore"]  # the user's file, nothing else
     assert (root / ".gitignore").read_text().startswith("*.log\n")
-    for folder in (root / "run-1", root / "run-1" / "gw0"):
+    for folder in (root / "run-1",):
         assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"
+
+
+# ---------------------------------------------------------------------------- journal
+
+
+def sqlite_journal(engine: Engine, tmp_path: Path) -> tuple[BackupStore, list[Path]]:
+    """Two cleanups of one run: record #1 (things 1, 2) and record #2 (things 3)."""
+    store = BackupStore(tmp_path / "b", "r")
+    _, first = apply_with_backup(engine, store, [registration("things", 1, 2)], "t.py::a")
+    _, second = apply_with_backup(engine, store, [registration("things", 3)], "t.py::b")
+    return store, [first, second]
+
+
+def test_two_cleanups_share_one_journal_with_records_one_and_two(
+    sqlite_rows: Engine, tmp_path: Path
+) -> None:
+    store, (first, second) = sqlite_journal(sqlite_rows, tmp_path)
+    assert (first.name, second.name) == ("main.journal#1", "main.journal#2")
+    assert journal_of(first) == journal_of(second) == store.journal
+    assert count(sqlite_rows, "things") == 0
+    records = read_journal(store.journal)
+    assert [(r.n, r.nodeid, r.backup.counts if r.backup else None) for r in records] == [
+        (1, "t.py::a", {"things": 2}),
+        (2, "t.py::b", {"things": 1}),
+    ]
+    assert [sorted(read_backup(p).tables[0].rows) for p in (first, second)] == [
+        [(1, "a"), (2, "b")],
+        [(3, "c")],
+    ]
+    # restore by #N: only record #2's row comes back
+    assert restore(second, sqlite_rows).restored == {"things": 1}
+    with sqlite_rows.connect() as conn:
+        assert sorted(conn.exec_driver_sql("SELECT id FROM things").scalars()) == [3]
+    # by test: record #1 alone; the journal as a whole holds both
+    chosen = journal_module.select(store.journal, test="t.py::a")
+    assert chosen.records == [1] and chosen.backup.counts == {"things": 2}
+    assert journal_module.select(store.journal).records == [1, 2]
+    assert journal_module.select(store.journal, table="things").backup.counts == {"things": 3}
+    with pytest.raises(BackupError, match=r"no record of .* matches --table nothing"):
+        journal_module.select(store.journal, table="nothing")
+    assert restore_backup(chosen.backup, sqlite_rows).restored == {"things": 2}
+    assert count(sqlite_rows, "things") == 3
+    store.close()
+
+
+def test_a_torn_last_record_is_skipped_only_when_its_delete_did_not_commit(
+    sqlite_rows: Engine, tmp_path: Path
+) -> None:
+    store, (_, second) = sqlite_journal(sqlite_rows, tmp_path)
+    store.close()
+    journal = store.journal
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[: len(whole) - 17])  # a crash cut record #2 short
+    records = read_journal(journal)
+    assert [(r.n, r.torn, r.backup is not None) for r in records] == [
+        (1, False, True),
+        (2, True, False),
+    ]
+    # no audit line names #2: its delete did not commit, restore skips it and says so
+    chosen = journal_module.select(
+        journal,
+        status_of=lambda rs: journal_module.statuses(
+            rs, journal_module.audited(journal.parent.parent), {}
+        ),
+    )
+    assert chosen.records == [1]
+    assert chosen.notes == [
+        f"skipped {journal}#2: truncated while it was written, and its delete did not "
+        "commit (no audit line)"
+    ]
+    assert restore_backup(chosen.backup, sqlite_rows).restored == {"things": 2}
+    assert count(sqlite_rows, "things") == 2
+    # with an audit line naming #2 (its delete committed), the selection is refused
+    store.audit({"run_id": "r", "nodeid": "t.py::b", "backup": str(second)})
+    with pytest.raises(BackupError, match=re.escape(f"record {journal}#2 is truncated")):
+        journal_module.select(
+            journal,
+            status_of=lambda rs: journal_module.statuses(
+                rs, journal_module.audited(journal.parent.parent), {}
+            ),
+        )
+    # and asked for by number, a torn record is refused whatever its status
+    with pytest.raises(BackupError, match=re.escape(f"record {journal}#2 is truncated")):
+        read_backup(Path(f"{journal}#2"))
+    assert count(sqlite_rows, "things") == 2
+
+
+def test_a_damaged_middle_record_refuses_the_selection_by_name(
+    sqlite_rows: Engine, tmp_path: Path
+) -> None:
+    store, (_, second) = sqlite_journal(sqlite_rows, tmp_path)
+    store.close()
+    journal = store.journal
+    data = journal.read_bytes()
+    i = data.index(b'"a"')  # a value inside record #1's row
+    journal.write_bytes(data[:i] + b'"z"' + data[i + 3 :])
+    records = read_journal(journal)
+    assert [(r.n, r.backup is not None, r.torn) for r in records] == [
+        (1, False, False),
+        (2, True, False),
+    ]
+    named = re.escape(f"{journal}#1")
+    for selection in ({}, {"test": "t.py::a"}, {"table": "things"}):
+        with pytest.raises(
+            BackupError, match=rf"backup {named} is damaged or truncated \(checksum"
+        ):
+            journal_module.select(journal, **selection)
+    # record #2 alone is intact and restores
+    assert restore(second, sqlite_rows).restored == {"things": 1}
+    assert count(sqlite_rows, "things") == 1
+    [run] = list_runs(tmp_path / "b")
+    assert run.damaged == (Path(f"{journal}#1"),) and run.tables == {"things": 1}

@@ -61,4 +61,7 @@ def test_failed_apply_leaves_no_run_folder_and_one_file_is_one_file(
     assert lines[0] == f"backups in {root}"
     assert lines[1].startswith(f"run {path.parent.name} ")
     assert lines[1].endswith("  1 file, 9 rows")
-    assert [line.split() for line in lines[2:]] == [["children", "6"], ["parents", "3"]]
+    assert [line.split() for line in lines[2:4]] == [["children", "6"], ["parents", "3"]]
+    # the run's one journal record, and PostgreSQL's word that its delete committed
+    assert lines[4:] == ["  main.journal#1  test_fault.py::test_family  9 rows  delete committed"]
+    assert path.name == "main.journal#1"

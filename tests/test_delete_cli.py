@@ -18,6 +18,8 @@ import pytest
 from conftest import CLEARED, assert_same_rows, demo_rows, seed_demo
 from sqlalchemy.engine import make_url
 
+from pytest_safe_cleanup.backup.format import read_journal
+
 TENANT = "demo-seed-a"  # seed_demo's tenant with 2 users and 1 asset; demo-seed-b stays
 DRY_LINES = [
     r"  assets +1  \(cascade\)",
@@ -76,7 +78,9 @@ def db_name(url: str) -> str:
 
 
 def backups(project: Path) -> list[Path]:
-    return sorted((project / ".safe-cleanup" / "backups").glob("*/*.jsonl"))
+    """Every journal record under the backup folder, named ``<journal>#N`` as reports do."""
+    journals = sorted((project / ".safe-cleanup" / "backups").rglob("*.journal"))
+    return [Path(r.location) for j in journals for r in read_journal(j)]
 
 
 def tenant_gone(before: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:

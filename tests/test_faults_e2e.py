@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from pytest_safe_cleanup.backup import read_backup
+from pytest_safe_cleanup.backup.format import read_journal, split_location
 
 #: a trigger on parents that runs ``action`` when the plan's last parent is deleted
 TRIGGER = """
@@ -136,12 +137,24 @@ def backup_root(pytester: pytest.Pytester) -> Path:
 
 
 def rows_backups(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.jsonl") if p.name != "audit.jsonl")
+    """Every journal record under the backup folder, named ``<journal>#N`` as reports do."""
+    journals = sorted((root).rglob("*.journal"))
+    return [Path(r.location) for j in journals for r in read_journal(j)]
 
 
 def audit_lines(root: Path) -> list[str]:
     path = root / "audit.jsonl"
     return path.read_text().splitlines() if path.exists() else []
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_safe_cleanup.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def backed_up(path: Path) -> dict[str, set[int]]:
@@ -242,6 +255,23 @@ def test_backend_terminated_between_backup_and_commit_loses_nothing(
     assert backed_up(files["parents"]) == {"parents": {70}}
     (line,) = audit_lines(root)
     assert json.loads(line)["nodeid"].endswith("test_after")
+    # one journal, two records: PostgreSQL says which delete committed
+    assert sorted(p.name for p in files.values()) == ["main.journal#1", "main.journal#2"]
+    listed = cli("backups", str(root))
+    lines = listed.stdout.splitlines()
+    assert any(
+        line.startswith("  main.journal#1  test_fault.py::test_family  ")
+        and line.endswith("  delete aborted")
+        for line in lines
+    ), lines
+    assert "  main.journal#2  test_zafter.py::test_after  1 row  delete committed" in lines
+    # restoring the journal skips the record whose delete never committed
+    restored = cli("restore", str(split_location(files["parents"])[0]))
+    assert restored.returncode == 0, restored.stderr
+    assert "its delete did not commit (transaction aborted)" in restored.stdout
+    assert "restored 1 rows" in restored.stdout  # test_after's parent 70, nothing else
+    expected = seeded_plus(family(parents))
+    assert table_ids(pg_url) == {**expected, "parents": expected["parents"] | {70}}
 
 
 # ---------------------------------------------------------------------------- c
@@ -313,7 +343,23 @@ def test_pytest_killed_during_apply_loses_nothing(
     wait_for("the killed run's backend to go away", gone)
     assert_nothing_committed_or_audited(pytester, pg_url, family(parents))
     if when == AT_COMMIT:
-        assert len(rows_backups(backup_root(pytester))) == 1
+        (record,) = rows_backups(backup_root(pytester))
+        journal = split_location(record)[0]
+        listed = cli("backups", str(backup_root(pytester))).stdout.splitlines()
+        assert any(
+            line.startswith("  main.journal#1  test_fault.py::test_family  ")
+            and line.endswith("  delete aborted")
+            for line in listed
+        ), listed
+        # a crash that had cut the record short: it is skipped, its delete did not commit
+        journal.write_bytes(journal.read_bytes()[:-25])
+        done = cli("restore", str(journal))
+        assert done.returncode == 3
+        assert (
+            f"skipped {record}: truncated while it was written, and its delete did not "
+            "commit (transaction aborted)" in done.stderr
+        ), done.stderr
+        assert table_ids(pg_url) == seeded_plus(family(parents))
 
 
 # ---------------------------------------------------------------------------- d
@@ -390,7 +436,7 @@ def test_disk_full_while_writing_the_backup_stops_the_delete(
         [
             "*ERROR at teardown of test_big_rows*",
             "safe-cleanup: the backup could not be written, nothing was deleted: could not write "
-            f"backup {full}/*.jsonl: No space left on device; nothing was deleted",
+            f"backup {full}/*/main.journal: No space left on device; nothing was deleted",
         ]
     )
     assert ids(pg_url, "parents") == {1, 2, 3, *range(100, 200)}
@@ -415,7 +461,8 @@ def test_audit_log_on_a_full_disk_after_the_commit_says_what_happened(
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_family*",
-            "safe-cleanup: the rows were deleted and backed up to *.jsonl, but the audit log could "
+            "safe-cleanup: the rows were deleted and backed up to *main.journal#1, but the audit "
+            "log could "
             f"not be written: cannot append to the audit log {root}/audit.jsonl: "
             "No space left on device*",
         ]

@@ -153,15 +153,15 @@ def test_apply_by_default_writes_a_rows_backup_first(
     )
     result = run(pytester, pg_url, "--safe-cleanup=apply")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["backups written: 1", "*.safe-cleanup/backups/*.jsonl"])
+    result.stdout.fnmatch_lines(["backups written: 1", "*.safe-cleanup/backups/*/main.journal#1"])
     assert ids(pg_url, "children") == set()
     root = pytester.path / ".safe-cleanup" / "backups"
     assert (root / ".gitignore").read_text().splitlines()[-1] == "*"
-    files = list(root.rglob("*.jsonl"))
-    backups = [f for f in files if f.name != "audit.jsonl"]
+    backups = list(root.rglob("*.journal"))
     assert len(backups) == 1 and oct(backups[0].stat().st_mode & 0o777) == "0o600"
     audit = (root / "audit.jsonl").read_text().splitlines()
     assert len(audit) == 1 and '"children":3' in audit[0]
+    assert json.loads(audit[0])["backup"] == f"{backups[0]}#1"
 
 
 def test_max_rows_from_ini_and_marker_refuses_and_deletes_nothing(

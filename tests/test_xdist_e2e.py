@@ -12,6 +12,8 @@ import pytest
 from conftest import DEMO_SEED, copy_examples, count_rows, demo_rows, seed_demo
 from sqlalchemy import create_engine, text
 
+from pytest_safe_cleanup.backup.format import read_journal
+
 EXAMPLE_TABLES = ("assets", "users", "client_accounts")
 
 
@@ -40,8 +42,15 @@ def test_xdist_apply_on_the_examples(pytester: pytest.Pytester, pg_url: str) -> 
     report = json.loads((pytester.path / "report.json").read_text())
     runs = [p for p in (pytester.path / ".safe-cleanup" / "backups").iterdir() if p.is_dir()]
     assert len(runs) == 1 and runs[0].name == report["run_id"]  # one run id for every worker
-    workers = {p.parent.name for p in runs[0].rglob("*.jsonl")}
-    assert workers == {"gw0", "gw1"}, "backups are filed per worker"
+    journals = sorted(p.name for p in runs[0].rglob("*.journal"))
+    assert journals == ["gw0.journal", "gw1.journal"], "one journal per worker"
+    records = [r for name in journals for r in read_journal(runs[0] / name)]
+    assert all(r.backup is not None for r in records)
+    # every record is named by the report, and each worker numbers its own from #1
+    assert {r.location for r in records} == {c["backup"] for c in report["cleanups"]}
+    for name in journals:
+        numbers = [r.n for r in records if r.journal.name == name]
+        assert numbers == list(range(1, len(numbers) + 1)) and numbers, name
     # The controller's one report lists every cleanup exactly once.
     seen = Counter((c["nodeid"], c["table"]) for c in report["cleanups"])
     assert seen and max(seen.values()) == 1

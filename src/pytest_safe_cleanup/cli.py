@@ -33,6 +33,9 @@ from sqlalchemy.sql.elements import Grouping
 
 from .api import EXIT_BLOCKED, Cleanup, CleanupError, CleanupRefused
 from .backup import Backup, BackupError, list_runs, read_backup, restore_backup
+from .backup.format import JournalRecord, is_journal, read_journal, split_location
+from .backup.journal import UNKNOWN, audited, same_server, statuses, xact_status
+from .backup.journal import select as journal_select
 from .guard import Level, Verdict, evaluate, read_environment
 from .plan import RegistrationError
 from .settings import BACKUPS, INI_HELP, LIST_INI, Settings, SettingsError, blocked_name, resolve
@@ -445,17 +448,58 @@ def _restore_url(args: argparse.Namespace, recorded: str | None, source: str) ->
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Put a rows backup back, after the guard's verdict on the target allows it."""
+    journal = is_journal(args.path)
+    if not journal and (args.test is not None or args.table is not None):
+        raise CliError(f"--test and --table select records of a journal, not of {args.path}")
     try:
-        backup = read_backup(args.path)
+        if journal:
+            # where the rows came from: any record whose first line can be read says it
+            records = [r for r in read_journal(split_location(args.path)[0]) if r.header]
+            if not records:
+                raise BackupError(
+                    f"journal {split_location(args.path)[0]} holds no readable record"
+                )
+            source = Backup(Path(args.path), records[0].header or {}, [], "")
+        else:
+            source = read_backup(args.path)
     except BackupError as exc:
         raise CliError(str(exc)) from None
-    url = _parse(_restore_url(args, backup.restore_url, backup.url))
+    url = _parse(_restore_url(args, source.restore_url, source.url))
     _, settings = _settings(args)
     engine = _engine(url)  # one engine for the stamp and the restore
     try:
+        backup, notes = source, list[str]()
+        if journal:
+            backup, notes = _journal_selection(args, engine)
+        for note in notes:
+            print(note)
         return _restore(args, backup, url, settings, engine)
     finally:
         engine.dispose()
+
+
+def _journal_selection(args: argparse.Namespace, engine: Engine) -> tuple[Backup, list[str]]:
+    """The journal records ``args`` select; whether their deletes committed decides skips."""
+    path = split_location(args.path)[0]
+    audit_keys = audited(path.parent.parent)
+
+    def status_of(records: list[JournalRecord]) -> dict[int, str]:
+        xids = [
+            r.xid
+            for r in records
+            if r.xid is not None and same_server(engine, str((r.header or {}).get("url", "")))
+        ]
+        try:
+            answers = xact_status(engine, xids) if xids else {}
+        except SQLAlchemyError:
+            answers = {}
+        return statuses(records, audit_keys, answers)
+
+    try:
+        chosen = journal_select(args.path, test=args.test, table=args.table, status_of=status_of)
+    except BackupError as exc:
+        raise CliError(str(exc)) from None
+    return chosen.backup, chosen.notes
 
 
 def _restore(
@@ -540,6 +584,8 @@ def cmd_backups(args: argparse.Namespace) -> int:
         print(f"no backups in {folder}")
         return 0
     print(f"backups in {folder}")
+    checked = sum(len(run.records) for run in runs)
+    bad = 0
     for run in runs:
         when = run.modified.strftime("%Y-%m-%d %H:%M:%S UTC")
         dumps = f", {len(run.dumps)} pg_dump" if run.dumps else ""
@@ -547,9 +593,58 @@ def cmd_backups(args: argparse.Namespace) -> int:
         print(f"run {run.run_id}  {when}  {files}{dumps}, {rows}")
         for name, n in run.tables.items():
             print(f"  {name:<32} {n:>8}")
+        status = _record_statuses(folder, run.records)
+        for record in run.records:
+            rows = _plural(sum(record.backup.counts.values()) if record.backup else 0, "row")
+            check = "checksum ok" if record.backup is not None else "DAMAGED"
+            shown = record.location if args.verify else f"{record.journal.name}#{record.n}"
+            print(
+                f"  {shown}  {record.nodeid or '?'}  {rows}  "
+                f"delete {status.get(record.location, UNKNOWN)}"
+                + (f"  {check}" if args.verify else "")
+            )
         for path in run.damaged:
             print(f"  damaged: {path}")
+            bad += 1
+    if args.verify:
+        print(
+            f"verified {_plural(checked, 'record')}: " + (f"{bad} damaged" if bad else "all intact")
+        )
+        return 1 if bad else 0
     return 0
+
+
+def _record_statuses(folder: Path, records: Sequence[JournalRecord]) -> dict[str, str]:
+    """Whether each record's delete committed: PostgreSQL's answer, else the audit log's."""
+    keys = audited(folder)
+    by_url: dict[str, list[JournalRecord]] = {}
+    for record in records:
+        url = (record.header or {}).get("restore_url")
+        if record.xid is not None and isinstance(url, str) and url.startswith("postgresql"):
+            by_url.setdefault(url, []).append(record)
+    answers: dict[str, str] = {}
+    for url, group in by_url.items():
+        try:
+            engine = _engine(_parse(url))
+        except CliError:
+            continue
+        try:
+            found = xact_status(engine, [r.xid for r in group if r.xid])
+        except SQLAlchemyError:
+            found = {}
+        finally:
+            engine.dispose()
+        answers.update({f"{url} {xid}": v for xid, v in found.items()})
+    result: dict[str, str] = {}
+    for record in records:
+        url = str((record.header or {}).get("restore_url"))
+        xacts = (
+            {record.xid: answers[f"{url} {record.xid}"]}
+            if f"{url} {record.xid}" in answers and record.xid
+            else {}
+        )
+        result[record.location] = statuses([record], keys, xacts)[record.n]
+    return result
 
 
 # --------------------------------------------------------------------------- parser
@@ -627,7 +722,14 @@ def build_parser() -> ArgumentParser:
         help="put the rows of a backup back (exit 2 on a BLOCK target, 1 without --confirm)",
         description="Insert a rows backup parent-first in one transaction, guarded like cleanup.",
     )
-    restore.add_argument("path", metavar="PATH", type=Path, help="a .jsonl rows backup")
+    restore.add_argument(
+        "path",
+        metavar="PATH[#N]",
+        type=Path,
+        help="a journal (all its records, or record N), or an older .jsonl rows backup",
+    )
+    restore.add_argument("--test", metavar="NODEID", help="only the journal records of this test")
+    restore.add_argument("--table", metavar="NAME", help="only this table's rows")
     restore.add_argument(
         "--url", metavar="URL", help="target database (default: the backup's, without password)"
     )
@@ -650,6 +752,11 @@ def build_parser() -> ArgumentParser:
         description="List backup runs (default folder: .safe-cleanup/backups next to the config).",
     )
     backups.add_argument("dir", metavar="DIR", nargs="?", type=Path, default=None)
+    backups.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-read every journal record, check its checksum (exit 1 if any is damaged)",
+    )
     backups.set_defaults(func=cmd_backups)
     add_delete_parser(commands, config_options)
     return parser
@@ -767,7 +874,7 @@ def _report_outcomes(cleanup: Cleanup | CleanupError, table: str, cascade: bool)
         backups = sorted({o.backup for o in outcomes if o.backup})
         for path in backups:
             print(f"backup:  {path}")
-            if path.endswith(".jsonl"):
+            if path.endswith(".jsonl") or is_journal(path):
                 print(f"restore: {PROG} restore {path}")
         return
     print("rows matched:")

@@ -259,7 +259,7 @@ class Conductor:
                 return str(store.write_rows(c, p, counts, nodeid=ctx.nodeid, target=target).path)
 
             def capture(c: Connection, p: Plan) -> executor.Capture:
-                return store.begin(c.dialect.name, p, nodeid=ctx.nodeid, target=target)
+                return store.begin(c.dialect.name, p, nodeid=ctx.nodeid, target=target, conn=c)
 
         elif strategy == "pg_dump" and self.store is not None:
             folder = self.store

@@ -151,27 +151,36 @@ def parse(path: Path, data: bytes) -> Backup:
         raise _damaged(path, "the last line is incomplete")
     body_end = data.rfind(b"\n", 0, len(data) - 1) + 1
     body, last = data[:body_end], data[body_end:]
+    lines = body.splitlines()
+    return _verified(path, lines, last, hashlib.sha256(body).hexdigest(), "header", VERSION)
+
+
+def _verified(
+    path: Path, lines: list[bytes], last: bytes, digest: str, head: str, version: int
+) -> Backup:
+    """Check a footer (or a journal record's end line) against the lines it closes."""
     try:
         footer = json.loads(last)
     except ValueError:
         raise _damaged(path, "no readable footer") from None
-    if not isinstance(footer, dict) or footer.get("kind") != "footer":
+    end = "footer" if head == "header" else "end"
+    if not isinstance(footer, dict) or footer.get("kind") != end:
         raise _damaged(path, "no footer")
-    digest = hashlib.sha256(body).hexdigest()
     if footer.get("sha256") != digest:
         raise _damaged(path, "checksum mismatch")
-    lines = body.splitlines()
     try:
         header = json.loads(lines[0]) if lines else None
     except ValueError:
         header = None
-    if not isinstance(header, dict) or header.get("kind") != "header":
+    if not isinstance(header, dict) or header.get("kind") != head:
         raise _damaged(path, "no header")
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
+    if header.get("format") != FORMAT or header.get("version") != version:
         raise BackupError(
-            f"{path} is not a pytest-safe-cleanup rows backup of version {VERSION} "
+            f"{path} is not a pytest-safe-cleanup rows backup of version {version} "
             f"(format {header.get('format')!r}, version {header.get('version')!r})"
         )
+    if head == "record" and footer.get("n") != header.get("n"):
+        raise _damaged(path, "the end line names another record")
     tables: list[BackupTable] = []
     value_of: Callable[[Any], Any] = decode
     try:
@@ -216,8 +225,138 @@ def parse(path: Path, data: bytes) -> Backup:
     return Backup(path, header, tables, digest)
 
 
+# -- the journal ---------------------------------------------------------------
+#: A journal holds one record per applied cleanup, appended and flushed before its
+#: commit. A record is a "record" line (where the rows came from, the test, the
+#: transaction id on PostgreSQL), table and rows lines as in a backup file, and an
+#: "end" line with the row counts and the sha256 of the table and rows lines followed
+#: by the record line (the record line is numbered when it is written).
+JOURNAL_VERSION = 2
+RECORD_START = b'{"kind":"record"'
+JOURNAL_SUFFIX = ".journal"
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """One record of a journal: verified (``backup``) or not (``error`` says why)."""
+
+    journal: Path
+    n: int
+    header: dict[str, Any] | None
+    backup: Backup | None
+    error: str | None
+    #: the journal's last record, cut short (a crash during its write): its delete
+    #: cannot have committed, since the flush precedes the commit
+    torn: bool = False
+
+    @property
+    def location(self) -> str:
+        """``<journal>#<n>``, the name the report and the audit line give this record."""
+        return f"{self.journal}#{self.n}"
+
+    @property
+    def nodeid(self) -> str | None:
+        """The test the record belongs to, if its record line can be read."""
+        value = (self.header or {}).get("nodeid")
+        return str(value) if value is not None else None
+
+    @property
+    def xid(self) -> str | None:
+        """The PostgreSQL transaction id of the delete, if the record holds one."""
+        value = (self.header or {}).get("xid")
+        return str(value) if value is not None else None
+
+
+def split_location(location: str | Path) -> tuple[Path, int | None]:
+    """``path#N`` -> (path, N); a path without ``#N`` -> (path, None)."""
+    text = str(location)
+    base, sep, number = text.rpartition("#")
+    if sep and base.endswith(JOURNAL_SUFFIX) and number.isdigit():
+        return Path(base), int(number)
+    return Path(text), None
+
+
+def is_journal(location: str | Path) -> bool:
+    """Whether a location names a journal (or one of its records), not a backup file."""
+    return split_location(location)[0].name.endswith(JOURNAL_SUFFIX)
+
+
+def parse_journal(path: Path, data: bytes) -> list[JournalRecord]:
+    """Split a journal into records and verify each one on its own."""
+    groups: list[list[bytes]] = []
+    for line in data.splitlines(keepends=True):
+        if line.startswith(RECORD_START) or not groups:
+            groups.append([line])
+        else:
+            groups[-1].append(line)
+    records: list[JournalRecord] = []
+    previous = 0
+    for index, group in enumerate(groups):
+        last = index == len(groups) - 1
+        try:
+            header = json.loads(group[0])
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or header.get("kind") != "record":
+            header = None
+        number = header.get("n") if header is not None else None
+        n = number if isinstance(number, int) and number > previous else previous + 1
+        previous = n
+        where = Path(f"{path}#{n}")
+        complete = group[-1].endswith(b"\n") and group[-1].startswith(b'{"kind":"end"')
+        if last and not complete:
+            error = "the record is cut short"
+            records.append(JournalRecord(path, n, header, None, error, torn=True))
+            continue
+        body = [line.rstrip(b"\n") for line in group[:-1]]
+        digest = hashlib.sha256(b"".join(group[1:-1]) + group[0]).hexdigest()
+        try:
+            backup = _verified(where, body, group[-1], digest, "record", JOURNAL_VERSION)
+        except BackupError as exc:
+            records.append(JournalRecord(path, n, header, None, str(exc)))
+            continue
+        records.append(JournalRecord(path, n, header, backup, None))
+    return records
+
+
+def read_journal(path: Path) -> list[JournalRecord]:
+    """Every record of a journal, each verified on its own."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BackupError(f"cannot read journal {path}: {exc.strerror or exc}") from None
+    return parse_journal(Path(path), data)
+
+
+def record_error(record: JournalRecord) -> BackupError:
+    """A damaged or truncated record refuses what it belongs to, named."""
+    if record.torn:
+        return BackupError(
+            f"record {record.location} is truncated (cut short while it was written); "
+            "it cannot be used"
+        )
+    return BackupError(record.error or f"record {record.location} cannot be used")
+
+
 def read_backup(path: Path) -> Backup:
-    """Read, parse and verify a backup file; damaged or truncated -> BackupError."""
+    """Read, parse and verify a backup file (or one journal record, ``path#N``).
+
+    A journal without ``#N`` reads as its only record. Damaged or truncated ->
+    BackupError naming it.
+    """
+    if is_journal(path):
+        journal, n = split_location(path)
+        records = read_journal(journal)
+        chosen = [r for r in records if n is None or r.n == n]
+        if not chosen:
+            raise BackupError(f"journal {journal} has no record #{n}")
+        if len(chosen) > 1:
+            raise BackupError(
+                f"journal {journal} holds {len(chosen)} records: name one, {journal}#N"
+            )
+        if chosen[0].backup is None:
+            raise record_error(chosen[0])
+        return chosen[0].backup
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

@@ -1,8 +1,10 @@
-"""The backup folder: one subfolder per run, rows backups, and the audit log.
+"""The backup folder: one subfolder per run, a journal per worker, and the audit log.
 
-A rows backup is written inside the deleting transaction, before the delete: the
-rows are selected with ``SELECT *`` (so columns no model maps are kept too), encoded,
-fsynced, then read back and checked against the counts before the caller may delete.
+Rows are captured inside the deleting transaction (``DELETE ... RETURNING``, else
+``SELECT *`` first, so columns no model maps are kept too), encoded while the server
+works, checked against the counts, and appended as one self-checking record to the
+run's journal for this worker (``<run>/<worker or main>.journal``), flushed with one
+``fdatasync`` before the caller commits. Only creating the journal flushes its folder.
 Backups hold real data, so folders are 0700, files 0600, and every folder the plugin
 owns (the top, each run and worker folder) holds a ``.gitignore`` of ``*`` as
 ``.pytest_cache`` does; a top folder with a ``.gitignore`` of the user's gets a line
@@ -18,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,16 @@ from ..executor import ROW_TEXT, SERVER_TEXT, CapturedTable, TableCount, rows_st
 from ..plan import Plan
 from ..target import Target, carries_secret, first_line
 from .codec import CodecError, encode
-from .format import FORMAT, VERSION, BackupError, dumps, read_backup
+from .format import (
+    FORMAT,
+    JOURNAL_SUFFIX,
+    JOURNAL_VERSION,
+    BackupError,
+    JournalRecord,
+    dumps,
+    read_backup,
+    read_journal,
+)
 
 GITIGNORE = "# Created by pytest-safe-cleanup: backups hold real data, never commit them.\n*\n"
 AUDIT = "audit.jsonl"
@@ -164,6 +174,13 @@ class BackupStore:
         self._counter = 0
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
+        self.journal = self.run_root / f"{safe_name(worker) if worker else 'main'}{JOURNAL_SUFFIX}"
+        #: the journal's descriptor (O_APPEND), records written, the process that opened it
+        self._journal_fd: int | None = None
+        self._journal_pid = 0
+        self._records = 0
+        #: set when a failed append could not be taken back: no record may follow it
+        self._journal_broken: str | None = None
         #: what the writer thread could not do after the fact (reported as warnings)
         self.problems: list[str] = []
 
@@ -234,10 +251,7 @@ class BackupStore:
         self._ensure_root()
         self._mkdir(self.run_root, "run backup folder")
         self._ignore(self.run_root)
-        if self.folder != self.run_root:
-            self._mkdir(self.folder, "worker backup folder")
-            self._ignore(self.folder)
-        # After the worker's folder: a worker that finds only the marker (see close) may
+        # After the run folder: a worker that finds only the marker (see close) may
         # remove the run folder, and this marker is then written again.
         with contextlib.suppress(FileExistsError, OSError):
             self._write_new(self.run_root / RUN_MARKER, f"{self.run_id}\n".encode())
@@ -247,6 +261,9 @@ class BackupStore:
     def ensure_folder(self) -> Path:
         """Create (once) and return this run's folder, e.g. for a pg_dump file."""
         self._ensure_run()
+        if self.folder != self.run_root:
+            self._mkdir(self.folder, "worker backup folder")
+            self._ignore(self.folder)
         return self.folder
 
     def prune(self) -> list[Path]:
@@ -288,11 +305,6 @@ class BackupStore:
         finally:
             os.close(fd)
 
-    def _next_path(self, nodeid: str) -> Path:
-        self._counter += 1
-        stem = safe_name(nodeid.replace("::", "-").replace("/", "-"))
-        return self.folder / f"{self._counter:04d}-{stem}-{uuid.uuid4().hex[:8]}.jsonl"
-
     def write_rows(
         self,
         conn: Connection,
@@ -304,10 +316,10 @@ class BackupStore:
     ) -> BackupInfo:
         """Back up the rows ``plan`` would delete, inside the caller's open transaction.
 
-        Returns only once the file is fsynced and read back with the counted rows and
-        the checksum; any failure removes the partial file and raises BackupError.
+        Returns only once the journal record is flushed with the counted rows and its
+        checksum; any failure leaves no record and raises BackupError.
         """
-        pending = self.begin(conn.dialect.name, plan, nodeid=nodeid, target=target)
+        pending = self.begin(conn.dialect.name, plan, nodeid=nodeid, target=target, conn=conn)
         try:
             for step in plan.steps:
                 try:
@@ -330,10 +342,97 @@ class BackupStore:
             pending.abort()
             raise
 
-    def begin(self, dialect: str, plan: Plan, *, nodeid: str, target: Target) -> PendingBackup:
-        """Start a backup file that rows are added to as the deletes return them."""
+    def begin(
+        self,
+        dialect: str,
+        plan: Plan,
+        *,
+        nodeid: str,
+        target: Target,
+        conn: Connection | None = None,
+    ) -> PendingBackup:
+        """Start a journal record that rows are added to as the deletes return them.
+
+        ``conn`` (the deleting transaction's) gives PostgreSQL's transaction id, kept in
+        the record so that ``backups`` and ``restore`` can ask whether its delete committed.
+        """
         self._ensure_run()
-        return PendingBackup(self, self._next_path(nodeid), dialect, plan, nodeid, target)
+        if self._journal_broken is not None:
+            raise BackupError(f"{self._journal_broken}; nothing was deleted")
+        xid = transaction_id(conn) if conn is not None and dialect == "postgresql" else None
+        header = self.header(dialect, plan, nodeid, target, xid)
+        return PendingBackup(self, header)
+
+    # -- the journal ---------------------------------------------------------
+    def _journal_open(self) -> int:
+        """The journal's descriptor, created (and its folder flushed) on first use."""
+        if self._journal_fd is not None and self._journal_pid == os.getpid():
+            return self._journal_fd
+        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.journal, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        except FileExistsError:  # a forked child, or a store reopened in the same run
+            fd = os.open(self.journal, flags)
+            created = False
+        try:
+            if created:
+                fsync_path(self.journal.parent)
+                self._records = 0
+            else:
+                self._records = sum(
+                    1 for r in read_journal(self.journal) if r.header is not None or r.torn
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        self._journal_fd, self._journal_pid = fd, os.getpid()
+        return fd
+
+    def _append_record(
+        self, header: dict[str, Any], lines: list[bytes], end: dict[str, Any]
+    ) -> tuple[str, str]:
+        """Append one record and flush it (one write, one fdatasync); return ``path#N``.
+
+        A failed write or flush is taken back (the journal is cut to its old length),
+        so a record that is not durable never sits before the next one.
+        """
+        fd = self._journal_open()
+        n = self._records + 1
+        record = dumps({**header, "n": n})
+        digest = hashlib.sha256()
+        for line in lines:
+            digest.update(line)
+        digest.update(record)
+        closing = dumps({**end, "n": n, "sha256": digest.hexdigest()})
+        payload = b"".join([record, *lines, closing])
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(0, "short write")
+                view = view[written:]
+            os.fdatasync(fd)
+        except BaseException as exc:
+            try:
+                os.ftruncate(fd, size)
+                os.fdatasync(fd)
+            except OSError as undo:
+                self._journal_broken = (
+                    f"journal {self.journal} holds a record that could not be written nor "
+                    f"taken back ({_why(undo)})"
+                )
+            raise exc from None
+        self._records = n
+        return f"{self.journal}#{n}", digest.hexdigest()
+
+    def _journal_close(self) -> None:
+        if self._journal_fd is not None and self._journal_pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._journal_fd)
+        self._journal_fd = None
 
     def _writer(self) -> ThreadPoolExecutor:
         # A forked child (pytest-forked, say) has the pool but not its thread: a new one.
@@ -347,6 +446,7 @@ class BackupStore:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._journal_close()
         self._remove_if_empty()
 
     def _remove_if_empty(self) -> None:
@@ -367,24 +467,25 @@ class BackupStore:
                 self._ignore(self.run_root)
         self._ready = False
 
-    def header(self, dialect: str, plan: Plan, nodeid: str, target: Target) -> bytes:
-        """The file's first line: where the rows came from and how to restore them."""
-        return dumps(
-            {
-                "kind": "header",
-                "format": FORMAT,
-                "version": VERSION,
-                "dialect": dialect,
-                "url": target.masked_url,
-                "restore_url": restore_url(target),
-                "target": target.name,
-                "run_id": self.run_id,
-                "worker": self.worker,
-                "nodeid": nodeid,
-                "created": dt.datetime.now(dt.UTC).isoformat(),
-                "tables": plan.tables,
-            }
-        )
+    def header(
+        self, dialect: str, plan: Plan, nodeid: str, target: Target, xid: str | None = None
+    ) -> dict[str, Any]:
+        """A record's first line: where the rows came from and how to restore them."""
+        return {
+            "kind": "record",
+            "format": FORMAT,
+            "version": JOURNAL_VERSION,
+            "dialect": dialect,
+            "url": target.masked_url,
+            "restore_url": restore_url(target),
+            "target": target.name,
+            "run_id": self.run_id,
+            "worker": self.worker,
+            "nodeid": nodeid,
+            "created": dt.datetime.now(dt.UTC).isoformat(),
+            "tables": plan.tables,
+            "xid": xid,
+        }
 
     # -- audit ---------------------------------------------------------------
     def audit(self, record: Mapping[str, Any]) -> None:
@@ -465,38 +566,36 @@ def _table_lines(
     return lines, count
 
 
-class PendingBackup:
-    """One rows backup, written on the store's writer thread beside the deletes.
+def transaction_id(conn: Connection) -> str | None:
+    """PostgreSQL's id of the open transaction (assigned now: it deletes anyway)."""
+    version = conn.dialect.server_version_info or (0,)
+    function = "pg_current_xact_id()" if version >= (13,) else "txid_current()"
+    try:
+        return str(conn.exec_driver_sql(f"SELECT CAST({function} AS text)").scalar_one())
+    except SQLAlchemyError as exc:
+        raise BackupError(
+            f"could not read the transaction id for the backup: {first_line(exc)}; "
+            "nothing was deleted"
+        ) from None
 
-    The file is created under a hidden name and each table's rows encoded while the
-    server deletes the next table, so only the write, the fsync, the read-back and the
-    rename (with its folder's fsync) wait in :meth:`finish`, before the commit. Steps run
-    in order on one thread; after a failure the rest are skipped, and :meth:`finish` or
-    :meth:`abort` removes the file.
+
+class PendingBackup:
+    """One journal record, built on the store's writer thread beside the deletes.
+
+    Each table's rows are encoded while the server deletes the next table, so only the
+    append and its ``fdatasync`` wait in :meth:`finish`, before the commit. Steps run in
+    order on one thread; after a failure the rest are skipped and nothing is written.
     """
 
-    def __init__(
-        self,
-        store: BackupStore,
-        path: Path,
-        dialect: str,
-        plan: Plan,
-        nodeid: str,
-        target: Target,
-    ) -> None:
+    def __init__(self, store: BackupStore, header: dict[str, Any]) -> None:
         self.store = store
-        self.path = path
-        #: written under a hidden name and renamed when complete: a run killed midway
-        #: leaves no file that looks like a backup
-        self.partial = path.with_name(f".{path.name}.partial")
-        self._fd: int | None = None
+        self.header = header
+        self.location = ""
         self._error: BaseException | None = None
         self._lines: list[bytes] = []
-        self._hash = hashlib.sha256()
         self._written: dict[str, int] = {}
         self._digest = ""
-        self._renamed = False
-        self._last: Future[None] = self._submit(self._create, dialect, plan, nodeid, target)
+        self._last: Future[None] | None = None
 
     def _submit(self, step: Callable[..., None], *args: Any) -> Future[None]:
         def run() -> None:
@@ -509,13 +608,6 @@ class PendingBackup:
         self._last = self.store._writer().submit(run)
         return self._last
 
-    def _create(self, dialect: str, plan: Plan, nodeid: str, target: Target) -> None:
-        self._append([self.store.header(dialect, plan, nodeid, target)])
-        try:
-            self._fd = self.store._open_new(self.partial)
-        except OSError as exc:
-            raise BackupError(f"cannot create backup file {self.path}: {_why(exc)}") from None
-
     def add(self, captured: CapturedTable) -> None:
         """Encode one table's rows (they must not be read from a live cursor)."""
         self._submit(self._encode, captured)
@@ -524,68 +616,45 @@ class PendingBackup:
         name = captured[0]
         lines, n = _table_lines(*captured)
         self._written[name] = self._written.get(name, 0) + n
-        self._append(lines)
-
-    def _append(self, lines: list[bytes]) -> None:
         self._lines += lines
-        for line in lines:
-            self._hash.update(line)
 
     def finish(self, counts: Sequence[TableCount]) -> str:
-        """:meth:`complete`, returning the file's path (the executor's Capture)."""
+        """:meth:`complete`, returning the record's ``path#N`` (the executor's Capture)."""
         return str(self.complete(counts).path)
 
     def complete(self, counts: Sequence[TableCount]) -> BackupInfo:
-        """Write, fsync and read back the file; check it holds the counted rows."""
+        """Append the record to the journal and flush it; check it holds the counted rows."""
         expected = {c.table: c.counted + (c.updated or 0) for c in counts}
-        self._submit(self._complete, expected).result()
+        updated = {c.table: c.updated for c in counts if c.updated}
+        self._submit(self._complete, expected, updated).result()
         if self._error is not None:
-            self._discard()
-            raise _backup_error(self._error, self.path) from None
-        return BackupInfo(self.path, sum(self._written.values()), dict(self._written), self._digest)
+            self._lines = []
+            raise _backup_error(self._error, self.store.journal) from None
+        self._lines = []
+        return BackupInfo(
+            Path(self.location), sum(self._written.values()), dict(self._written), self._digest
+        )
 
-    def _complete(self, expected: dict[str, int]) -> None:
-        self._digest = self._hash.hexdigest()  # of every line before the footer
-        footer = {
-            "kind": "footer",
-            "rows": self._written,
-            "total": sum(self._written.values()),
-            "sha256": self._digest,
-        }
-        self._lines.append(dumps(footer))
-        payload = b"".join(self._lines)
+    def _complete(self, expected: dict[str, int], updated: dict[str, int]) -> None:
         if self._written != expected:
             raise BackupError(
                 f"the rows backed up ({_describe(self._written)}) differ from the rows counted "
                 f"({_describe(expected)}): the data changed during cleanup"
             )
-        fd, self._fd = self._fd, None
-        if fd is None:
-            raise BackupError(f"backup {self.path} was not created")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # Read back what the disk holds: the same bytes, so the same rows and checksum.
-        if self.partial.read_bytes() != payload:
-            raise BackupError(f"backup {self.path} read back differently from what was written")
-        os.rename(self.partial, self.path)
-        self._renamed = True
-        fsync_path(self.path.parent)
+        end = {
+            "kind": "end",
+            "rows": self._written,
+            "total": sum(self._written.values()),
+            "updated": updated,
+        }
+        self.location, self._digest = self.store._append_record(self.header, self._lines, end)
 
     def abort(self) -> None:
-        """Give up: wait for the writer, then remove the file."""
-        with contextlib.suppress(BaseException):
-            self._last.result()
-        self._discard()
-
-    def _discard(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-        with contextlib.suppress(OSError):
-            (self.path if self._renamed else self.partial).unlink()
+        """Give up before the record was written: wait for the writer, drop the rows."""
+        if self._last is not None:
+            with contextlib.suppress(BaseException):
+                self._last.result()
+        self._lines = []
 
 
 def _backup_error(exc: BaseException, path: Path) -> BaseException:
@@ -608,7 +677,7 @@ def _describe(counts: Mapping[str, int]) -> str:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One run's backups: files, rows per table, and files that failed verification."""
+    """One run's backups: files, rows per table, and what failed verification."""
 
     run_id: str
     path: Path
@@ -617,6 +686,8 @@ class RunSummary:
     damaged: tuple[Path, ...]
     dumps: tuple[Path, ...]
     modified: dt.datetime
+    #: every journal record of the run, verified or not, in journal and record order
+    records: tuple[JournalRecord, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -625,7 +696,11 @@ class RunSummary:
 
 
 def list_runs(root: Path) -> list[RunSummary]:
-    """Every run folder under ``root``, oldest first, with its backups verified."""
+    """Every run folder under ``root``, oldest first, with its backups verified.
+
+    Journals count as one file each; their records are listed on their own. Old runs'
+    per-teardown ``.jsonl`` files are read as before.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
@@ -634,8 +709,9 @@ def list_runs(root: Path) -> list[RunSummary]:
         if not entry.is_dir() or entry.is_symlink():
             continue
         files = sorted(entry.rglob("*.jsonl"))
+        journals = sorted(entry.rglob(f"*{JOURNAL_SUFFIX}"))
         dumps_found = tuple(sorted(entry.rglob("*.dump")))
-        if not files and not dumps_found:
+        if not files and not journals and not dumps_found:
             continue  # a run whose backups all failed (or were pruned) has nothing to restore
         tables: dict[str, int] = {}
         damaged: list[Path] = []
@@ -647,9 +723,32 @@ def list_runs(root: Path) -> list[RunSummary]:
                 continue
             for name, n in backup.counts.items():
                 tables[name] = tables.get(name, 0) + n
+        records: list[JournalRecord] = []
+        for path in journals:
+            try:
+                found = read_journal(path)
+            except BackupError:
+                damaged.append(path)
+                continue
+            records += found
+            for record in found:
+                if record.backup is None:
+                    damaged.append(Path(record.location))
+                    continue
+                for name, n in record.backup.counts.items():
+                    tables[name] = tables.get(name, 0) + n
         modified = dt.datetime.fromtimestamp(entry.stat().st_mtime, dt.UTC)
         runs.append(
-            RunSummary(entry.name, entry, len(files), tables, tuple(damaged), dumps_found, modified)
+            RunSummary(
+                entry.name,
+                entry,
+                len(files) + len(journals),
+                tables,
+                tuple(damaged),
+                dumps_found,
+                modified,
+                tuple(records),
+            )
         )
     runs.sort(key=lambda r: (r.modified, r.run_id))
     return runs
