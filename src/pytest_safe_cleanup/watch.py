@@ -272,19 +272,41 @@ def _pg_identity(dbapi_connection: Any, driver_conn: Any, driver: str) -> Reache
     return Reached("postgresql", driver, str(database), host, hostaddr, port, _text(user), stamp)
 
 
-def _mysql_stamp(dbapi_connection: Any, schema: str | None) -> tuple[str | None, str | None]:
-    """The stamp table's value in ``schema`` (the current database when None)."""
+def _stamp_rows(dbapi_connection: Any, sql: str) -> str | None:
+    """Every row of a stamp table, joined.
+
+    A table holding ``test`` and ``production`` is read as both, so the blocked word is
+    seen whichever row comes first.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+        values = [_text(r[0]) for r in cursor.fetchall()]
+    finally:
+        cursor.close()
+    found = [v for v in values if v]
+    return " ".join(found) if found else None
+
+
+def _mysql_stamp(
+    dbapi_connection: Any, schema: str | None, *, end: bool = True
+) -> tuple[str | None, str | None]:
+    """The stamp table's value in ``schema`` (the current database when None).
+
+    ``end=False`` leaves the connection's transaction as it was (a statement of the
+    user's is about to run in it).
+    """
     qualified = STAMP_TABLE if schema is None else f"`{schema.replace('`', '``')}`.{STAMP_TABLE}"
     try:
-        row = _fetch(dbapi_connection, f"SELECT environment FROM {qualified} LIMIT 1")
+        return _stamp_rows(dbapi_connection, f"SELECT environment FROM {qualified}"), None
     except Exception as exc:
         text = first_line(exc)
         if "1146" in text or "doesn't exist" in text:  # no stamp table: no stamp
             return None, None
         return None, text
     finally:
-        _end(dbapi_connection)
-    return (_text(row[0]) if row else None), None
+        if end:
+            _end(dbapi_connection)
 
 
 def _mysql_identity(dbapi_connection: Any, driver_conn: Any, driver: str) -> Reached:
@@ -354,10 +376,11 @@ def _sqlite_stamp(dbapi_connection: Any, schema: str) -> tuple[str | None, str |
         )
         if not found:
             return None, None
-        row = _fetch(dbapi_connection, f"SELECT environment FROM {quoted}.{STAMP_TABLE} LIMIT 1")
+        return _stamp_rows(
+            dbapi_connection, f"SELECT environment FROM {quoted}.{STAMP_TABLE}"
+        ), None
     except Exception as exc:
         return None, first_line(exc)
-    return (_text(row[0]) if row else None), None
 
 
 def _sqlite_identity(dbapi_connection: Any, driver: str) -> Reached:
@@ -768,7 +791,7 @@ class Guardian:
         elif target.backend == "mysql":
             if name == target.database:
                 return None
-            stamp, problem = _mysql_stamp_in_transaction(dbapi, name)
+            stamp, problem = _mysql_stamp(dbapi, name, end=False)
         elif target.backend == "sqlite":
             if name in ("", ":memory:"):
                 return None
@@ -993,16 +1016,3 @@ class Guardian:
             event.remove(Engine, "engine_connect", self._on_engine_connect)
             event.remove(Engine, "before_cursor_execute", self._before_execute)
             self._installed = False
-
-
-def _mysql_stamp_in_transaction(dbapi: Any, schema: str) -> tuple[str | None, str | None]:
-    """Another MySQL database's stamp, read without ending the user's transaction."""
-    qualified = f"`{schema.replace('`', '``')}`.{STAMP_TABLE}"
-    try:
-        row = _fetch(dbapi, f"SELECT environment FROM {qualified} LIMIT 1")
-    except Exception as exc:
-        text = first_line(exc)
-        if "1146" in text or "doesn't exist" in text:
-            return None, None
-        return None, text
-    return (_text(row[0]) if row else None), None
